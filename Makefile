@@ -1,0 +1,53 @@
+# Every target depends on .venv, which this Makefile creates itself: a fresh clone needs
+# nothing but python3 and make. CONFIG/NPROC/ARGS pass through to the entry points.
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+CONFIG   ?= configs/tiny.yaml
+GEN_CONFIG ?= configs/self_instruct.yaml
+NPROC    ?= 1
+ARGS     ?=
+CKPT     ?= runs/tiny/final
+
+.PHONY: setup train generate chat convert bench test lint data-stats clean
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.runtime
+
+# The embedded tiny default: synthetic tasks, a tokenizer trained here, CPU + gloo, no download.
+train: $(VENV)/.runtime
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m train --config $(CONFIG) $(ARGS)
+
+generate: $(VENV)/.runtime
+	$(PY) -m generate --config $(GEN_CONFIG) $(ARGS)
+
+chat: $(VENV)/.runtime
+	$(PY) -m tools.chat --ckpt $(CKPT) $(ARGS)
+
+# make convert FMT=hf SRC=... DST=...   (FMT: meta | hf | to-hf)
+convert: $(VENV)/.runtime
+	$(PY) -m tools.convert $(FMT) $(SRC) $(DST) $(ARGS)
+
+bench: $(VENV)/.runtime
+	$(PY) -m tools.bench $(ARGS)
+
+data-stats: $(VENV)/.runtime
+	$(PY) -m tools.data_stats $(ARGS)
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache
