@@ -4,7 +4,8 @@ Padding policy (docs/DESIGN.md): LLaMA's model has no pad piece. `pad_id` is the
 id when it has one, else the EOS id. Padding goes on the right and its labels are IGNORE_INDEX,
 so under the causal mask a pad token never influences a real token and never enters the loss:
 the id that fills a pad slot cannot change the loss. Stanford Alpaca's alternative (append a
-`[PAD]` row, vocab 32001) is `Transformer.resize_token_embeddings`; tests check both agree.
+`[PAD]` row, vocab 32001) is `Transformer.resize_token_embeddings`; padding is loss-neutral under
+both (tests/test_model_padding.py).
 """
 
 from __future__ import annotations
