@@ -1,0 +1,1 @@
+"""Alpaca data: templates, loading, tokenization, collation, sampling (docs/DATA.md)."""

@@ -1,0 +1,134 @@
+"""Alpaca records: load, validate, tokenize with the prompt masked.
+
+This is where Alpaca's correctness lives: a prompt token left unmasked or a missing EOS
+silently trains a worse model, so the conventions are few and fixed (docs/DATA.md):
+
+    seq    = [BOS] + encode(prompt) + encode(output) + [EOS], cut to max_len
+    tokens = seq[:-1]
+    labels = seq[1:], with every label whose target is a prompt token set to IGNORE_INDEX
+
+so labels[t] is the target for logits[t] and nobody downstream shifts again. Prompt and output
+are encoded separately and the id lists concatenated, so the prompt/response boundary is exact
+and the unmasked labels decode to exactly `output` + EOS (Stanford encodes prompt and
+prompt+output separately and masks by the prompt's length, which can be off by one token where
+sentencepiece merges across the boundary). The targets are the same ones Stanford trains on
+for a 512-token cut: its 512 inputs give 511 predictions, ours give the same 511.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from data.prompts import format_prompt
+
+IGNORE_INDEX = -100
+
+
+class DataError(ValueError):
+    """A problem with the user's data or data config, as one printable line (CLIs exit 2)."""
+
+
+def _type_name(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def check_record(rec: Any) -> str | None:
+    """What is wrong with one record ("field 'output': missing"), or None if it is valid."""
+    if not isinstance(rec, dict):
+        return f"expected an object with instruction/input/output, got {_type_name(rec)}"
+    for field in ("instruction", "output"):
+        if field not in rec:
+            return f"field '{field}': missing"
+        if not isinstance(rec[field], str):
+            return f"field '{field}': expected a string, got {_type_name(rec[field])}"
+        if not rec[field].strip():
+            return f"field '{field}': empty"
+    if "input" in rec and not isinstance(rec["input"], str):
+        return f"field 'input': expected a string, got {_type_name(rec['input'])}"
+    return None
+
+
+def parse_records(text: str, path: str) -> list[tuple[str, Any]]:
+    """Split a file's text into (label, raw record) pairs: a JSON list ("record 7", 0-based
+    index) or JSON Lines ("line 8", 1-based, as editors count). Malformed JSON raises DataError."""
+    stripped = text.lstrip()
+    if not stripped:
+        raise DataError(f"{path}: empty file, expected a JSON list or JSON Lines of records")
+    if stripped[0] == "[" and not path.endswith(".jsonl"):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        if not isinstance(items, list):  # pragma: no cover - '[' always parses to a list
+            raise DataError(f"{path}: expected a JSON list of records")
+        return [(f"record {i}", rec) for i, rec in enumerate(items)]
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"line {n}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n}: invalid JSON at column {e.colno}: {e.msg}") from None
+    return out
+
+
+def read_records(path: str | Path, skip_invalid: bool = False, text: str | None = None
+                 ) -> tuple[list[dict], list[int], list[str]]:
+    """Load and validate a file: (valid records, their index in the file, one message per
+    skipped record). The first invalid record raises DataError unless skip_invalid."""
+    path = str(path)
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: cannot read: {e}") from None
+    records, indices, skipped = [], [], []
+    for i, (label, rec) in enumerate(parse_records(text, path)):
+        problem = check_record(rec)
+        if problem is None:
+            records.append(rec)
+            indices.append(i)
+        elif skip_invalid:
+            skipped.append(f"{path}: {label}: {problem}")
+        else:
+            raise DataError(f"{path}: {label}: {problem}")
+    if not records:
+        raise DataError(f"{path}: no valid records")
+    return records, indices, skipped
+
+
+def load_records(path: str | Path, skip_invalid: bool = False) -> list[dict]:
+    """The valid records of a JSON list or JSONL file (see read_records for the skip count)."""
+    return read_records(path, skip_invalid)[0]
+
+
+def encode_example(tokenizer, record: Mapping[str, str], template: str | Mapping[str, str] = "alpaca"
+                   ) -> tuple[list[int], int]:
+    """The untruncated sequence [BOS] + prompt + output + [EOS] and its prompt length (with BOS)."""
+    prompt = [tokenizer.bos_id] + tokenizer.encode(format_prompt(record, template))
+    return prompt + tokenizer.encode(record["output"]) + [tokenizer.eos_id], len(prompt)
+
+
+def labels_from_seq(seq: list[int], prompt_len: int) -> tuple[list[int], list[int]]:
+    """(tokens, labels) from a sequence and its prompt length: shift by one, mask the targets
+    that are prompt tokens. seq[1:prompt_len] are prompt targets, i.e. labels[:prompt_len - 1]."""
+    tokens, labels = list(seq[:-1]), list(seq[1:])
+    n_masked = min(prompt_len - 1, len(labels))
+    labels[:n_masked] = [IGNORE_INDEX] * n_masked
+    return tokens, labels
+
+
+def tokenize_example(tokenizer, record: Mapping[str, str], template: str | Mapping[str, str] = "alpaca",
+                     max_len: int = 512) -> tuple[list[int], list[int]] | None:
+    """(input_ids, labels), both of length min(len(seq), max_len) - 1, or None when the prompt
+    alone (with BOS) reaches max_len: such a row has no target and must not be trained on."""
+    seq, prompt_len = encode_example(tokenizer, record, template)
+    if prompt_len >= max_len:
+        return None
+    return labels_from_seq(seq[:max_len], prompt_len)

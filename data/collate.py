@@ -1,0 +1,83 @@
+"""Examples -> batch dicts (docs/DESIGN.md): padded to the longest, or packed into rows.
+
+A batch: tokens [B, T], labels [B, T] (already shifted; IGNORE_INDEX where there is no target),
+positions [B, T] | None, document_ids [B, T] | None, num_targets (int). Both layouts give the
+same per-token losses for the same examples: padding sits on the right and is masked, and a
+packed row restarts RoPE positions at 0 per example and gives each example its own document id,
+so attention is block-diagonal causal and no token sees another example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from data.alpaca import IGNORE_INDEX
+
+Example = tuple[Sequence[int], Sequence[int]]  # (tokens, labels) of equal length
+
+
+def _num_targets(labels: torch.Tensor) -> int:
+    return int((labels != IGNORE_INDEX).sum())
+
+
+def collate_padded(examples: Sequence[Example], pad_id: int) -> dict:
+    """Right-pad to the longest example of this micro-batch (Stanford's collator)."""
+    T = max(len(t) for t, _ in examples)
+    tokens = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
+    for b, (t, lab) in enumerate(examples):
+        tokens[b, : len(t)] = torch.as_tensor(np.asarray(t, dtype=np.int64))
+        labels[b, : len(lab)] = torch.as_tensor(np.asarray(lab, dtype=np.int64))
+    return {"tokens": tokens, "labels": labels, "positions": None, "document_ids": None,
+            "num_targets": _num_targets(labels)}
+
+
+def pack_rows(lengths: Sequence[int], pack_len: int) -> list[list[int]]:
+    """Next-fit packing in the given order: indices of the examples of each row. Keeping the
+    order keeps the sampler's shuffle (a row is a contiguous run of the epoch's stream)."""
+    rows: list[list[int]] = []
+    used = pack_len + 1  # forces a new row for the first example
+    for i, n in enumerate(lengths):
+        if n > pack_len:
+            raise ValueError(f"an example of {n} tokens does not fit pack_len {pack_len}")
+        if used + n > pack_len:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += n
+    return rows
+
+
+def collate_rows(rows: Sequence[Sequence[Example]], pack_len: int, pad_id: int) -> dict:
+    """One [len(rows), pack_len] batch from explicit rows of examples. Within a row the examples
+    get document ids 0, 1, ...; the padding tail gets the next id, so it attends only to itself
+    (no all-masked attention row, no NaN) and no real token attends to it."""
+    B = len(rows)
+    tokens = torch.full((B, pack_len), pad_id, dtype=torch.long)
+    labels = torch.full((B, pack_len), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((B, pack_len), dtype=torch.long)
+    document_ids = torch.zeros((B, pack_len), dtype=torch.long)
+    for b, row in enumerate(rows):
+        s = 0
+        for doc, (t, lab) in enumerate(row):
+            n = len(t)
+            if s + n > pack_len:
+                raise ValueError(f"row {b} holds more than pack_len={pack_len} tokens")
+            tokens[b, s:s + n] = torch.as_tensor(np.asarray(t, dtype=np.int64))
+            labels[b, s:s + n] = torch.as_tensor(np.asarray(lab, dtype=np.int64))
+            positions[b, s:s + n] = torch.arange(n)
+            document_ids[b, s:s + n] = doc
+            s += n
+        positions[b, s:] = torch.arange(pack_len - s)
+        document_ids[b, s:] = len(row)
+    return {"tokens": tokens, "labels": labels, "positions": positions, "document_ids": document_ids,
+            "num_targets": _num_targets(labels)}
+
+
+def collate_packed(examples: Sequence[Example], pack_len: int, pad_id: int) -> dict:
+    """Pack examples in order (next-fit) into rows of pack_len tokens."""
+    rows = pack_rows([len(t) for t, _ in examples], pack_len)
+    return collate_rows([[examples[i] for i in row] for row in rows], pack_len, pad_id)

@@ -1,0 +1,74 @@
+"""AlpacaLoader: what the training loop iterates. Batches forever, resumable, in the main process
+(examples are pre-tokenized, so a batch is a few array slices: no worker processes needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from data.alpaca import DataError
+from data.collate import collate_padded, collate_rows
+from data.config import DataConfig
+from data.dataset import load_dataset
+from data.sampler import AlpacaSampler
+
+
+class AlpacaLoader:
+    """Micro-batches for one rank.
+
+    Without packing a micro-batch is `micro_batch_size` examples padded to the longest; with
+    packing it is `micro_batch_size` rows of `pack_len` tokens, each holding several examples.
+    The loss of an optimizer step is the summed token loss over its `grad_accum` micro-batches
+    and all ranks, divided by the sum of their `num_targets` (docs/DESIGN.md).
+    """
+
+    def __init__(self, cfg: DataConfig, tokenizer, micro_batch_size: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, grad_accum: int = 1):
+        self.cfg = cfg
+        self.pad_id = tokenizer.pad_id
+        self.dataset = load_dataset(cfg, tokenizer, seed)
+        self.sampler = AlpacaSampler(self.dataset.lengths, micro_batch_size, rank, world_size, seed,
+                                     grad_accum, cfg.group_by_length, cfg.megabatch_size,
+                                     cfg.pack_len if cfg.packing else None)
+        if self.sampler.micro_batches_per_epoch() == 0:
+            raise DataError(f"{len(self.dataset)} examples cannot fill one optimizer step of "
+                            f"{self.sampler.units_per_step} {'rows' if cfg.packing else 'examples'} "
+                            f"(micro_batch_size x world_size x grad_accum)")
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    @property
+    def stats(self) -> dict:
+        """examples, dropped, truncated, skipped, records, and per-file counts."""
+        return self.dataset.stats
+
+    def micro_batches_per_epoch(self) -> int:
+        """Micro-batches this rank runs per epoch (the same on every rank)."""
+        return self.sampler.micro_batches_per_epoch()
+
+    def steps_per_epoch(self, grad_accum: int | None = None) -> int:
+        """Optimizer steps per epoch. The tail of an epoch that cannot fill a step is skipped."""
+        if grad_accum is not None and grad_accum != self.sampler.accum:
+            raise ValueError(f"loader built with grad_accum={self.sampler.accum}, asked for {grad_accum}")
+        return self.sampler.steps_per_epoch()
+
+    def collate(self, units) -> dict:
+        """A batch from a list of units (arrays of example ids) as the sampler yields them."""
+        if self.cfg.packing:
+            rows = [[self.dataset[int(i)] for i in unit] for unit in units]
+            return collate_rows(rows, self.cfg.pack_len, self.pad_id)
+        return collate_padded([self.dataset[int(i)] for unit in units for i in unit], self.pad_id)
+
+    def __iter__(self) -> Iterator[dict]:
+        """Batches forever, epoch after epoch; resume by load_state_dict before iterating."""
+        while True:
+            for units in self.sampler:
+                yield self.collate(units)
+            self.sampler.set_epoch(self.sampler.epoch + 1)
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)

@@ -1,0 +1,1 @@
+"""Command-line tools: convert, chat, bench, data_stats, train_tokenizer."""
