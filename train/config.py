@@ -1,0 +1,335 @@
+"""Training configuration: dataclasses filled from YAML, then `dotted.key=value` overrides.
+
+Why dataclasses and not a dict: every key a user can write is declared here once, with its type
+and default, so a typo (`optim.lrr`) is caught before any process group starts, with the closest
+valid key in the message, instead of being silently ignored. YAML is read with `yaml.safe_load`
+(never evaluated); the resolved config is written to `<output_dir>/config.yaml` so a run can be
+reproduced from its output directory alone.
+
+Schema (YAML, every section optional; defaults below):
+
+    output_dir: runs/tiny        # metrics.jsonl, config.yaml, TensorBoard, checkpoints/, final/
+    seed: 0                      # model init, data order
+    epochs: 3                    # passes over the training set ...
+    max_steps: null              # ... unless this is set (optimizer steps), which wins
+    resume: none                 # none | auto (newest complete checkpoint in output_dir) | PATH
+    tokenizer: null              # sentencepiece model; init_from's tokenizer.model when null
+    max_nonfinite: 3             # stop after this many non-finite steps in a row (each is skipped)
+    model:
+      preset: debug              # a name in model.args.PRESETS, or null
+      init_from: null            # a project checkpoint dir to fine-tune (its config.json wins)
+      dim: 64                    # ... any ModelArgs field overrides the preset (not with init_from)
+    data: {...}                  # data.config.DataConfig (owned by data/; see its docstring)
+    optim: {lr, weight_decay, betas, eps, warmup_ratio, grad_clip, schedule, min_lr_ratio}
+    batch: {micro_batch_size, grad_accum}   # global batch = micro * accum * data-parallel ranks
+    parallel: {fsdp, shard_size, mixed_precision, activation_checkpointing, ac_every_n, compile, tf32}
+    checkpoint: {every, keep, export, export_dtype}
+    log: {every, tensorboard}
+    eval: {every, heldout, max_batches, samples, max_new_tokens, exact_match}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A mistake in the user's config; printed as one line, exit status 2."""
+
+
+@dataclass
+class ModelConfig:
+    """Which network to train. Extra keys under `model:` are ModelArgs fields (kept in `args`)."""
+
+    preset: str | None = "debug"
+    init_from: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + schedule. Stanford's recipe: lr 2e-5, weight decay 0, warmup ratio 0.03, cosine."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_ratio: float = 0.03  # warmup steps = ceil(ratio * total steps), as HF's Trainer does
+    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping (the norm is still reported)
+    schedule: str = "cosine"  # cosine | linear | constant (all after linear warmup)
+    min_lr_ratio: float = 0.0  # floor of the decay, as a fraction of lr
+
+
+@dataclass
+class BatchConfig:
+    micro_batch_size: int = 4  # examples per rank per forward/backward
+    grad_accum: int = 1  # micro-batches per optimizer step
+
+
+@dataclass
+class ParallelConfig:
+    fsdp: str = "full"  # full (shard over all ranks) | hybrid (shard in a node, replicate across) | none
+    shard_size: int | None = None  # hybrid: ranks per shard group; default LOCAL_WORLD_SIZE
+    mixed_precision: str = "bf16"  # bf16 (fp32 master + fp32 reduce) | fp32 | pure_bf16
+    activation_checkpointing: str = "none"  # none | full (every layer) | every_n
+    ac_every_n: int = 2  # with every_n: checkpoint layers 0, n, 2n, ...
+    compile: bool = False  # torch.compile each decoder layer
+    tf32: bool = True  # TF32 matmuls on Ampere+ (no effect on CPU)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # save a resumable sharded checkpoint every N steps; 0 = only on SIGTERM
+    keep: int = 2  # newest K kept
+    export: bool = True  # consolidated project checkpoint in <output_dir>/final at the end
+    export_dtype: str = "fp32"  # fp32 | bf16 | fp16
+
+
+@dataclass
+class LogConfig:
+    every: int = 1  # progress line every N steps (metrics.jsonl gets every step)
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # held-out loss (and sample generations) every N steps; 0 = never
+    heldout: str | None = None  # held-out data file (Alpaca JSON); synthetic data fills it in
+    max_batches: int = 0  # cap on held-out micro-batches per rank; 0 = the whole file
+    samples: int = 2  # greedy generations of held-out prompts written to TensorBoard
+    max_new_tokens: int = 64
+    exact_match: bool = False  # at the end, greedy exact-match accuracy on `heldout` (train.evaluate)
+
+
+def _data_config_type() -> type:
+    from data.config import DataConfig
+
+    return DataConfig
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    epochs: int = 3
+    max_steps: int | None = None
+    resume: str = "none"
+    tokenizer: str | None = None
+    max_nonfinite: int = 3
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: Any = None  # data.config.DataConfig, filled in by load_config
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES = {
+    "parallel.fsdp": ("full", "hybrid", "none"),
+    "parallel.mixed_precision": ("bf16", "fp32", "pure_bf16"),
+    "parallel.activation_checkpointing": ("none", "full", "every_n"),
+    "optim.schedule": ("cosine", "linear", "constant"),
+    "checkpoint.export_dtype": ("fp32", "bf16", "fp16"),
+}
+
+
+# ---------------------------------------------------------------- typed filling
+def _unknown(key: str, valid: list[str], prefix: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; YAML 1.1 reads `2e-5` as a string, so numeric
+    strings are accepted where a float is declared."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}' must be a mapping, got {value!r}")
+        return _fill(tp, value, where + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{where}' must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"config key '{where}' must be {name}, got {value!r}")
+
+
+def _fill(cls: type, raw: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from `raw`, rejecting unknown keys with the closest valid one."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise _unknown(str(key), names, prefix)
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config section '{prefix.rstrip('.') or 'top level'}': {e}") from None
+
+
+def _model_config(raw: dict) -> ModelConfig:
+    """`model:` holds preset/init_from plus flat ModelArgs fields, checked against ModelArgs."""
+    from model.args import ModelArgs
+
+    own = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "args"]
+    hints = typing.get_type_hints(ModelArgs)
+    valid = own + list(hints)
+    out = ModelConfig(args={})
+    for key, value in raw.items():
+        if key in own:
+            setattr(out, key, _coerce(value, typing.get_type_hints(ModelConfig)[key], f"model.{key}"))
+        elif key in hints:
+            out.args[key] = _coerce(value, hints[key], f"model.{key}")
+        else:
+            raise _unknown(str(key), valid, "model.")
+    return out
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
+    """YAML file + `key=value` overrides (values parsed as YAML scalars) -> validated TrainConfig."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. optim.lr=1e-5)")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        _set_dotted(raw, key.strip(), value)
+
+    raw = dict(raw)
+    model_raw = raw.pop("model", None) or {}
+    data_raw = raw.pop("data", None) or {}
+    for section, value in (("model", model_raw), ("data", data_raw)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{section}' must be a mapping, got {value!r}")
+    cfg = _fill(TrainConfig, raw)
+    cfg.model = _model_config(model_raw)
+    cfg.data = _coerce(data_raw, _data_config_type(), "data")
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: TrainConfig) -> None:
+    """Value checks that types alone cannot express."""
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"config key '{dotted}' must be one of {', '.join(allowed)}, "
+                              f"got '{value}'{hint}")
+    positive = {"batch.micro_batch_size": cfg.batch.micro_batch_size, "batch.grad_accum": cfg.batch.grad_accum,
+                "log.every": cfg.log.every, "checkpoint.keep": cfg.checkpoint.keep,
+                "parallel.ac_every_n": cfg.parallel.ac_every_n, "max_nonfinite": cfg.max_nonfinite}
+    for key, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {v}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ConfigError(f"config key 'max_steps' must be >= 1 or null, got {cfg.max_steps}")
+    if cfg.epochs < 1 and cfg.max_steps is None:
+        raise ConfigError("config key 'epochs' must be >= 1 when max_steps is not set")
+    if not 0.0 <= cfg.optim.warmup_ratio < 1.0:
+        raise ConfigError(f"config key 'optim.warmup_ratio' must be in [0, 1), got {cfg.optim.warmup_ratio}")
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError(f"config key 'optim.betas' must be two numbers, got {cfg.optim.betas}")
+    if cfg.model.init_from is None and cfg.model.preset is None and not cfg.model.args:
+        raise ConfigError("config key 'model': give a preset, ModelArgs fields, or init_from")
+    if cfg.model.init_from is not None and cfg.model.args:
+        raise ConfigError(f"config key 'model.{next(iter(cfg.model.args))}' cannot be combined with "
+                          "model.init_from (the checkpoint's config.json fixes the architecture)")
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    """The resolved config as plain YAML-able data (ModelArgs fields flat under `model:`)."""
+    out = dataclasses.asdict(cfg)
+    model = out.pop("model")
+    out["model"] = {"preset": model["preset"], "init_from": model["init_from"], **model["args"]}
+    out["data"] = dataclasses.asdict(cfg.data) if dataclasses.is_dataclass(cfg.data) else cfg.data
+    return out
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """Atomic write (temp + rename) of the resolved config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)

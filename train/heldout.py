@@ -1,0 +1,65 @@
+"""Held-out loss and sample generations during training (all ranks take part: FSDP forwards are
+collectives, so every rank runs the same number of them)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from data.alpaca import IGNORE_INDEX
+from data.prompts import format_prompt
+from train.parallel import all_reduce_sum
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, loader, max_batches: int, device: torch.device) -> dict[str, float]:
+    """Token-level mean CE over the held-out set (summed over ranks, divided by all targets)."""
+    model.eval()
+    n = loader.micro_batches_per_epoch()
+    if max_batches > 0:
+        n = min(n, max_batches)
+    loss_sum, targets = 0.0, 0
+    batches = iter(loader)
+    for _ in range(n):
+        b = next(batches)
+        logits = model(b["tokens"].to(device), _opt(b["positions"], device), _opt(b["document_ids"], device))
+        loss_sum += float(F.cross_entropy(logits.float().flatten(0, 1), b["labels"].to(device).flatten(),
+                                          ignore_index=IGNORE_INDEX, reduction="sum"))
+        targets += b["num_targets"]
+    loader.load_state_dict({**loader.state_dict(), "epoch": 0, "units_consumed": 0})  # same set next time
+    total, count = all_reduce_sum([loss_sum, targets], device)
+    model.train()
+    return {"eval_loss": total / max(count, 1), "eval_targets": count}
+
+
+def _opt(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)
+
+
+@torch.no_grad()
+def sample_responses(model: torch.nn.Module, tokenizer, records: list[dict], template: str,
+                     max_new_tokens: int, device: torch.device) -> list[tuple[str, str]]:
+    """Greedy continuations of a few held-out prompts, for a human glance in TensorBoard.
+
+    No KV cache here: the cache would live outside FSDP's parameter handling, and a handful of
+    short generations every eval is cheap. Rank 0's token choice is broadcast each step so all
+    ranks stay in lockstep (same number of forwards) even if logits differed in the last bit."""
+    model.eval()
+    out = []
+    max_len = model.args.max_seq_len if hasattr(model, "args") else 2048
+    for rec in records:
+        prompt = format_prompt(rec, template)
+        ids = tokenizer.encode(prompt, bos=True)
+        new: list[int] = []
+        while len(new) < max_new_tokens and len(ids) + len(new) < max_len:
+            x = torch.tensor([ids + new], dtype=torch.long, device=device)  # (1, T)
+            tok = model(x)[0, -1].float().argmax().reshape(1)
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                dist.broadcast(tok, src=0)
+            if int(tok) == tokenizer.eos_id:
+                break
+            new.append(int(tok))
+        out.append((prompt, tokenizer.decode(new)))
+    model.train()
+    return out

@@ -1,0 +1,153 @@
+"""Rank-0 logging: a progress line, TensorBoard scalars/text, and `metrics.jsonl`.
+
+`metrics.jsonl` is the machine-readable record: one JSON object per optimizer step with at least
+step, loss, lr, grad_norm, tokens, tokens_per_s (GUIDE.md). On resume the rows after the resumed
+step (written by the run that died) are dropped, so the file reads as one uninterrupted run.
+
+Throughput is counted in real tokens (non-padding inputs, summed over ranks): padding is work the
+GPU does but not progress. MFU = model FLOPs per token * tokens/s / peak FLOP/s, with the FLOPs
+per token of a dense decoder, 6 * n_params + 12 * n_layers * dim * seq (forward + backward,
+attention scores included; activation recomputation is not counted, as in PaLM's definition).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.args import ModelArgs
+
+# Dense bf16 peak, TFLOP/s (vendor datasheets). Only these are known; anything else gets no MFU
+# rather than a made-up one.
+PEAK_TFLOPS_BF16 = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "H800": 989.0, "A800": 312.0}
+# Timing fields differ run to run; everything else in a row is a deterministic fact of training.
+TIMING_KEYS = ("tokens_per_s", "step_time_s", "mfu", "peak_mem_gb", "elapsed_s", "eta_s")
+
+
+def flops_per_token(args: ModelArgs, seq_len: int) -> float:
+    return 6.0 * args.num_params() + 12.0 * args.n_layers * args.dim * seq_len
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak dense bf16 FLOP/s of one accelerator, or None where it is not known (CPU included:
+    a CPU's "peak" depends on the ISA, clocks and core count, so MFU there would be invented).
+    TRAIN_PEAK_TFLOPS overrides, for a GPU missing from the table."""
+    if os.environ.get("TRAIN_PEAK_TFLOPS"):
+        return float(os.environ["TRAIN_PEAK_TFLOPS"]) * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_TFLOPS_BF16.items():
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak allocated accelerator memory; on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (1e9 if sys.platform == "darwin" else 1e6)
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class MetricsLogger:
+    """Writes only on rank 0; other ranks get a logger whose methods do nothing."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool, resume_step: int | None):
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)  # a fresh run starts a fresh record
+        else:
+            self._truncate_after(resume_step)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+
+    def _truncate_after(self, step: int) -> None:
+        """Keep rows up to `step` (atomic rewrite): later ones belong to work the resume redoes."""
+        if not self.path.exists():
+            return
+        rows = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(r + "\n" for r in rows))
+        os.replace(tmp, self.path)
+
+    def log_step(self, row: dict[str, Any], total_steps: int, print_line: bool) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, int | float) and not isinstance(v, bool) and v is not None and k != "step":
+                    self.tb.add_scalar(f"train/{k}", v, row["step"])
+        if print_line:
+            mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "n/a"
+            skipped = "  SKIPPED (non-finite)" if row.get("skipped") else ""
+            print(f"step {row['step']}/{total_steps}  loss {row['loss']:.4f}  lr {row['lr']:.3e}  "
+                  f"grad_norm {row['grad_norm']:.3f}  tok/s {row['tokens_per_s']:.0f}  mfu {mfu}  "
+                  f"mem {row['peak_mem_gb']:.2f}GB  eta {_fmt_eta(row['eta_s'])}{skipped}", flush=True)
+
+    def log_eval(self, step: int, values: dict[str, float], samples: list[tuple[str, str]]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k.replace("eval_", "eval/"), v, step)
+            if samples:
+                text = "\n\n".join(f"**prompt** {p}\n\n**response** {r}" for p, r in samples)
+                self.tb.add_text("eval/samples", text, step)
+        print(f"eval step {step}  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+        for p, r in samples[:2]:
+            print(f"  sample: {p[-60:]!r} -> {r[:80]!r}", flush=True)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Throughput:
+    """Step timing, tokens/s, MFU, ETA (averaged over the steps of this process's life)."""
+
+    def __init__(self, args: ModelArgs, device: torch.device, world_size: int):
+        self.args, self.device = args, device
+        self.peak = peak_flops(device)
+        self.world = world_size
+        self.start = time.perf_counter()
+        self.steps = 0
+
+    def measure(self, step_time: float, tokens: int, seq_len: int, remaining_steps: int) -> dict[str, Any]:
+        self.steps += 1
+        tps = tokens / max(step_time, 1e-9)
+        mfu = None
+        if self.peak is not None:  # per-device MFU: global throughput over all devices' peak
+            mfu = flops_per_token(self.args, seq_len) * tps / (self.peak * self.world)
+        avg = (time.perf_counter() - self.start) / self.steps
+        return {"tokens_per_s": tps, "step_time_s": step_time, "mfu": mfu,
+                "peak_mem_gb": peak_memory_gb(self.device), "eta_s": avg * remaining_steps}

@@ -1,0 +1,141 @@
+"""Process group, device mesh, FSDP2 and activation checkpointing.
+
+Everything distributed lives here so `loop.py` reads as plain single-device training:
+- `init_distributed()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR ...)
+  and picks NCCL on CUDA, gloo on CPU. Without torchrun it starts a one-process gloo group, so the
+  same code path (FSDP included) runs under `python -m train`.
+- `build_mesh()` makes a 2-D mesh ("replicate", "shard"). Full shard = (1, world); hybrid shard =
+  (world / shard_size, shard_size): parameters are sharded inside a node (fast NVLink all-gathers)
+  and replicated across nodes (only the gradient all-reduce crosses the slow network); `none` =
+  (world, 1), i.e. plain data parallelism expressed with the same FSDP machinery.
+- `apply_fsdp()` wraps each decoder layer, then the root, with `fully_shard`. A layer is the unit
+  of all-gather: only one layer's full weights (plus prefetch) exist at a time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from train.config import ParallelConfig
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(timeout_s: int = 1800) -> DistInfo:
+    """Join (or, without torchrun, create) the default process group."""
+    if "RANK" not in os.environ:  # plain `python -m train`: a world of one
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                device_id=device if device.type == "cuda" else None)
+    return DistInfo(rank, world, local_rank, local_world, device)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_mesh(cfg: ParallelConfig, info: DistInfo) -> DeviceMesh:
+    """("replicate", "shard") mesh for the chosen sharding strategy."""
+    world = info.world_size
+    if cfg.fsdp == "full":
+        shape = (1, world)
+    elif cfg.fsdp == "none":
+        shape = (world, 1)
+    else:  # hybrid
+        shard = cfg.shard_size or info.local_world_size
+        if world % shard:
+            raise ValueError(f"parallel.shard_size={shard} does not divide the world size {world}")
+        shape = (world // shard, shard)
+    return init_device_mesh(info.device.type, shape, mesh_dim_names=("replicate", "shard"))
+
+
+def mixed_precision_policy(cfg: ParallelConfig) -> MixedPrecisionPolicy:
+    """bf16: compute in bf16 on an fp32 master copy, reduce gradients in fp32 (a bf16 sum over
+    many ranks loses the small updates fine-tuning is made of). fp32 / pure_bf16: the parameters'
+    own dtype throughout (pure_bf16 casts the model itself, see `param_dtype`)."""
+    if cfg.mixed_precision == "bf16":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def param_dtype(cfg: ParallelConfig) -> torch.dtype:
+    """dtype of the stored (master) parameters and hence of the optimizer state."""
+    return torch.bfloat16 if cfg.mixed_precision == "pure_bf16" else torch.float32
+
+
+def apply_activation_checkpointing(model: torch.nn.Module, cfg: ParallelConfig) -> None:
+    """Recompute a layer's activations in backward instead of storing them: memory for compute.
+    `full` wraps every layer; `every_n` wraps layers 0, n, 2n, ... (a middle ground)."""
+    if cfg.activation_checkpointing == "none":
+        return
+    every = 1 if cfg.activation_checkpointing == "full" else cfg.ac_every_n
+    for i, layer in enumerate(model.layers):
+        if i % every == 0:
+            # Non-reentrant checkpointing composes with FSDP2's hooks and with torch.compile.
+            model.layers[i] = checkpoint_wrapper(layer, preserve_rng_state=False)
+
+
+def apply_compile(model: torch.nn.Module) -> None:
+    """Compile each decoder layer on its own (same graph for every layer, so it compiles once)."""
+    for i, layer in enumerate(model.layers):
+        model.layers[i] = torch.compile(layer)
+
+
+def apply_fsdp(model: torch.nn.Module, mesh: DeviceMesh, cfg: ParallelConfig) -> None:
+    """fully_shard each decoder layer, then the root (embeddings, final norm, output)."""
+    mp = mixed_precision_policy(cfg)
+    for i, layer in enumerate(model.layers):
+        # The last layer's parameters are needed again at once by backward: keep them gathered.
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(model.layers) - 1)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+
+
+def clean_name(name: str) -> str:
+    """A parameter name without the wrapper prefixes that AC and compile insert."""
+    for junk in ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module."):
+        name = name.replace(junk, "")
+    return name
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few scalars over all ranks in one collective (fp64 so token counts stay exact)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
