@@ -1,0 +1,388 @@
+"""Convert LLaMA weights into the project checkpoint format, and back out to Hugging Face.
+
+    python -m tools.convert meta  SRC DST [--tokenizer PATH]   # consolidated.NN.pth + params.json
+    python -m tools.convert hf    SRC DST [--tokenizer PATH]   # HF LlamaForCausalLM directory
+    python -m tools.convert to-hf SRC DST                      # project checkpoint -> HF directory
+
+The project keeps Meta's layout, so `meta` only merges model-parallel shards, while `hf` and
+`to-hf` rename tensors and permute the q/k rows (tools/convert_hf.py). Every tensor's shape is
+checked against the config before anything is written; output goes to a temporary directory beside
+DST that is renamed at the end, so a failed conversion leaves no DST behind. Tensors stream one at a
+time (sources are memory-mapped), so memory stays near one copy of the model. Errors the user can
+cause are reported as one line naming the file and tensor, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from model.args import ModelArgs
+from model.checkpoint import CheckpointError, atomic_dir, commit_dir, iter_tensors, load_args, save_checkpoint
+from model.llama import Transformer
+from tools.convert_hf import (
+    HF_IGNORED_RE,
+    ConvertError,
+    args_from_hf_config,
+    from_hf_name,
+    hf_config_from_args,
+    hf_weight_files,
+    iter_hf_tensors,
+    load_pth,
+    tensor_from_hf,
+    tensor_to_hf,
+    to_hf_name,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# A model may carry a few more embedding rows than its tokenizer has pieces (Alpaca's `[PAD]`,
+# Llama 3's 256 reserved specials, padding to a multiple of 64); more than this is a wrong pairing.
+MAX_EXTRA_ROWS = 256
+
+
+# ------------------------------------------------------------------ shared checks
+def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor a model with `args` holds, read off a meta-device build, so
+    the converter can never disagree with model/llama.py about names or shapes."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def tokenizer_vocab(path: Path) -> int:
+    """Number of ids a tokenizer file produces: sentencepiece (LLaMA 1/2) or tiktoken (Llama 3)."""
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path)).vocab_size()
+    except Exception:
+        pass
+    try:  # tiktoken BPE ranks: "<base64 token> <rank>" per line, plus Meta's 256 reserved specials
+        lines = path.read_text().split("\n")
+        ranks = [int(line.split()[1]) for line in lines if line.strip()]
+        return len(ranks) + 256
+    except (UnicodeDecodeError, ValueError, IndexError):
+        raise ConvertError(f"{path}: neither a sentencepiece nor a tiktoken tokenizer model") from None
+
+
+def check_tokenizer(path: Path | None, vocab_size: int) -> None:
+    if path is None:
+        return
+    n = tokenizer_vocab(path)
+    if n > vocab_size or vocab_size - n > MAX_EXTRA_ROWS:
+        raise ConvertError(f"{path}: tokenizer has {n} pieces but tensor 'tok_embeddings.weight' has "
+                           f"{vocab_size} rows (vocab_size): tokenizer and model do not match")
+
+
+def find_tokenizer(src: Path, explicit: str | None, also: tuple[str, ...] = ()) -> Path | None:
+    """--tokenizer if given, else tokenizer.model in SRC or (Meta's Llama 2 layout) SRC/.."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConvertError(f"{path}: tokenizer file not found")
+        return path
+    for cand in (src / "tokenizer.model", *(src / a for a in also), src.parent / "tokenizer.model"):
+        if cand.is_file():
+            return cand
+    print(f"warning: no tokenizer.model in {src} or its parent; DST will have none "
+          "(pass --tokenizer PATH)", file=sys.stderr)
+    return None
+
+
+def check_dst(dst: Path, force: bool) -> None:
+    if dst.exists() and any(dst.iterdir()) and not force:
+        raise ConvertError(f"{dst}: already exists and is not empty (pass --force to replace it)")
+
+
+def _progress(iterable, **kw):
+    # disable=None: progress bars only on a terminal, so logs and captured stderr stay clean
+    return tqdm(iterable, disable=None, file=sys.stderr, **kw)
+
+
+# ------------------------------------------------------------------ meta
+# How model-parallel shards split each tensor (Meta's ColumnParallel = dim 0, RowParallel = dim 1).
+_CAT_DIM = {"attention.wq": 0, "attention.wk": 0, "attention.wv": 0, "feed_forward.w1": 0,
+            "feed_forward.w3": 0, "output": 0, "attention.wo": 1, "feed_forward.w2": 1}
+_REPLICATED = ("attention_norm.weight", "ffn_norm.weight", "norm.weight")
+_SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")
+
+
+def meta_shards(src: Path) -> list[Path]:
+    """consolidated.00.pth ... consolidated.NN.pth, numbered without gaps."""
+    found = {int(m.group(1)): p for p in src.iterdir() if (m := _SHARD_RE.fullmatch(p.name))}
+    if not found:
+        raise ConvertError(f"{src}: no consolidated.NN.pth files")
+    for i in range(max(found) + 1):
+        if i not in found:
+            raise ConvertError(f"{src / f'consolidated.{i:02d}.pth'}: model-parallel shard is missing "
+                               f"(found {len(found)} of {max(found) + 1})")
+    return [found[i] for i in sorted(found)]
+
+
+def cat_dim(name: str, part_shape: tuple[int, ...], dim: int, n_shards: int) -> int | None:
+    """The dimension shards of `name` are concatenated along; None = replicated (take shard 0)."""
+    if n_shards == 1 or name.endswith(_REPLICATED):
+        return None
+    if name == "tok_embeddings.weight":
+        # LLaMA 1/2 (fairscale ParallelEmbedding) split the embedding width; Llama 3
+        # (VocabParallelEmbedding) splits the vocabulary: full width in a shard means the latter.
+        return 0 if part_shape[1] == dim else 1
+    key = name.removesuffix(".weight")  # "layers.3.attention.wq" -> "attention.wq"; "output"
+    return _CAT_DIM[key.split(".", 2)[2] if key.startswith("layers.") else key]
+
+
+def convert_meta(src: Path, dst: Path, tokenizer: str | None, dtype: torch.dtype | None,
+                 max_seq_len: int | None) -> Path:
+    params_path = src / "params.json"
+    if not params_path.is_file():
+        raise ConvertError(f"{params_path}: not found (is {src} a Meta checkpoint directory?)")
+    try:
+        params = json.loads(params_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"{params_path}: invalid JSON ({e})") from None
+    shards = meta_shards(src)
+    tok_path = find_tokenizer(src, tokenizer)
+    states = [load_pth(p) for p in _progress(shards, desc="loading shards", unit="shard")]
+    n = len(shards)
+
+    for key in ("dim", "n_layers", "n_heads"):
+        if key not in params:
+            raise ConvertError(f"{params_path}: required key '{key}' is missing")
+    if params.get("vocab_size", -1) <= 0:  # LLaMA 1/2 params.json say -1: the tokenizer decides
+        emb = states[0].get("tok_embeddings.weight")
+        if emb is None:
+            raise ConvertError(f"{shards[0]}: tensor 'tok_embeddings.weight' is missing")
+        split = cat_dim("tok_embeddings.weight", tuple(emb.shape), params["dim"], n)
+        params["vocab_size"] = emb.shape[0] * (n if split == 0 else 1)
+    if max_seq_len is not None:
+        params["max_seq_len"] = max_seq_len
+    elif "max_seq_len" not in params and params["vocab_size"] >= 128000:  # Llama 3 / 3.1 context
+        params["max_seq_len"] = 131072 if params.get("use_scaled_rope") else 8192
+    try:
+        args = ModelArgs.from_dict(params)
+    except (ValueError, TypeError) as e:
+        raise ConvertError(f"{params_path}: {e}") from None
+    check_tokenizer(tok_path, args.vocab_size)
+    expected = expected_shapes(args)
+
+    # Validate every name and merged shape from metadata alone, before writing anything.
+    plan: list[tuple[str, int | None]] = []
+    for name, t0 in states[0].items():
+        if name == "rope.freqs":  # a precomputed buffer; the model recomputes it
+            continue
+        if name not in expected:
+            raise ConvertError(f"{shards[0]}: unknown tensor '{name}' (not part of a model with this params.json)")
+        for path, sd in zip(shards, states, strict=True):
+            if name not in sd:
+                raise ConvertError(f"{path}: tensor '{name}' is missing (present in {shards[0].name})")
+            if sd[name].shape != t0.shape:
+                raise ConvertError(f"{path}: tensor '{name}' has shape {tuple(sd[name].shape)}, "
+                                   f"{shards[0].name} has {tuple(t0.shape)}")
+        d = cat_dim(name, tuple(t0.shape), args.dim, n)
+        merged = list(t0.shape)
+        if d is not None:
+            merged[d] *= n
+        if tuple(merged) != expected[name]:
+            where = shards[0] if n == 1 else f"{shards[0]} (merged over {n} shards)"
+            raise ConvertError(f"{where}: tensor '{name}' has shape {tuple(merged)}, "
+                               f"params.json implies {expected[name]}")
+        plan.append((name, d))
+    missing = sorted(set(expected) - {name for name, _ in plan})
+    if missing:
+        raise ConvertError(f"{shards[0]}: tensor '{missing[0]}' is missing"
+                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    for path, sd in zip(shards[1:], states[1:], strict=True):
+        extra = sorted(set(sd) - set(states[0]))
+        if extra:
+            raise ConvertError(f"{path}: unknown tensor '{extra[0]}' (absent from {shards[0].name})")
+
+    def merged_tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for name, d in _progress(plan, desc="merging", unit="tensor"):
+            parts = [sd[name] for sd in states]
+            if d is None:
+                for path, p in zip(shards[1:], parts[1:], strict=True):
+                    if not torch.equal(p, parts[0]):
+                        raise ConvertError(f"{path}: replicated tensor '{name}' differs from {shards[0].name}")
+                t = parts[0]
+            else:
+                t = torch.cat(parts, dim=d)
+            yield name, t if dtype is None else t.to(dtype)
+
+    return save_checkpoint(merged_tensors(), args, dst, tokenizer_path=tok_path)
+
+
+# ------------------------------------------------------------------ hf
+def convert_hf(src: Path, dst: Path, tokenizer: str | None, dtype: torch.dtype | None) -> Path:
+    cfg_path = src / "config.json"
+    if not cfg_path.is_file():
+        raise ConvertError(f"{cfg_path}: not found (is {src} a Hugging Face model directory?)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"{cfg_path}: invalid JSON ({e})") from None
+    args = args_from_hf_config(cfg, cfg_path)
+    files = hf_weight_files(src)
+    # Meta's original files ship beside HF's in meta-llama repos as original/tokenizer.model
+    tok_path = find_tokenizer(src, tokenizer, also=("original/tokenizer.model",))
+    check_tokenizer(tok_path, args.vocab_size)
+    expected = expected_shapes(args)
+
+    def converted() -> Iterator[tuple[str, torch.Tensor]]:
+        seen: set[str] = set()
+        for path, hf_name, t in _progress(iter_hf_tensors(files), desc="converting", unit="tensor"):
+            if HF_IGNORED_RE.fullmatch(hf_name):
+                continue
+            name = from_hf_name(hf_name)
+            if name == "output.weight" and args.tie_word_embeddings:
+                continue  # tied: the logits reuse tok_embeddings; a saved copy is redundant
+            if name is None or name not in expected:
+                raise ConvertError(f"{path}: unknown tensor '{hf_name}' (not part of a LLaMA with this config.json)")
+            if tuple(t.shape) != expected[name]:
+                raise ConvertError(f"{path}: tensor '{hf_name}' has shape {tuple(t.shape)}, "
+                                   f"config.json implies {expected[name]}")
+            t = tensor_from_hf(name, t, args)
+            seen.add(name)
+            yield name, t if dtype is None else t.to(dtype)
+        missing = sorted(set(expected) - seen)
+        if missing:
+            raise ConvertError(f"{src}: tensor '{to_hf_name(missing[0])}' is missing"
+                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+    # save_checkpoint writes into a temp dir and removes it if the stream raises: no half DST.
+    return save_checkpoint(converted(), args, dst, tokenizer_path=tok_path)
+
+
+# ------------------------------------------------------------------ to-hf
+def convert_to_hf(src: Path, dst: Path, dtype: torch.dtype | None, max_shard_bytes: int) -> Path:
+    """Project checkpoint -> a directory `LlamaForCausalLM.from_pretrained` loads."""
+    try:
+        args = load_args(src)
+    except CheckpointError as e:
+        raise ConvertError(str(e)) from None
+    tok_src = src / "tokenizer.model"
+    bos = eos = None
+    if tok_src.is_file():
+        check_tokenizer(tok_src, args.vocab_size)
+        try:
+            sp = spm.SentencePieceProcessor(model_file=str(tok_src))
+            bos, eos = sp.bos_id(), sp.eos_id()
+        except Exception:
+            pass  # tiktoken (Llama 3): ids are not in the file; config keeps transformers' defaults
+    expected = expected_shapes(args)
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_dir(dst)
+    try:
+        written: list[str] = []  # temporary shard names, renamed once their count is known
+        weight_map: dict[str, int] = {}  # HF name -> shard number
+        shard: dict[str, torch.Tensor] = {}
+        shard_bytes = total_bytes = 0
+        seen: set[str] = set()
+        out_dtype = torch.float32
+
+        def flush() -> None:  # one shard in memory at a time
+            nonlocal shard, shard_bytes
+            written.append(f"shard-{len(written)}.safetensors")
+            save_file(shard, str(tmp / written[-1]), metadata={"format": "pt"})
+            shard, shard_bytes = {}, 0
+
+        for path, name, t in _progress(iter_tensors(src), desc="converting", unit="tensor"):
+            seen.add(name)
+            if name not in expected or tuple(t.shape) != expected[name]:
+                raise ConvertError(f"{path}: tensor '{name}' with shape {tuple(t.shape)} does not fit "
+                                   f"config.json (expected {expected.get(name, 'no such tensor')})")
+            t = tensor_to_hf(name, t, args).to(dtype or t.dtype).contiguous()
+            out_dtype = t.dtype
+            nbytes = t.numel() * t.element_size()
+            if shard and shard_bytes + nbytes > max_shard_bytes:
+                flush()
+            hf_name = to_hf_name(name)
+            shard[hf_name] = t
+            weight_map[hf_name] = len(written)
+            shard_bytes += nbytes
+            total_bytes += nbytes
+        flush()
+        missing = sorted(set(expected) - seen)
+        if missing:
+            raise ConvertError(f"{src}: tensor '{missing[0]}' is missing")
+        if len(written) == 1:
+            os.replace(tmp / written[0], tmp / "model.safetensors")
+        else:  # HF's names say the shard count
+            final = [f"model-{i + 1:05d}-of-{len(written):05d}.safetensors" for i in range(len(written))]
+            for old, new in zip(written, final, strict=True):
+                os.replace(tmp / old, tmp / new)
+            index = {"metadata": {"total_size": total_bytes},
+                     "weight_map": {k: final[i] for k, i in weight_map.items()}}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        cfg = hf_config_from_args(args, out_dtype, bos, eos)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        if tok_src.is_file():
+            shutil.copyfile(tok_src, tmp / "tokenizer.model")
+        commit_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+# ------------------------------------------------------------------ CLI
+def _size(text: str) -> int:
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    m = re.fullmatch(r"\s*([\d.]+)\s*([A-Za-z]*)\s*", text)
+    if not m or (m.group(2) and m.group(2).upper() not in units):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB)")
+    return int(float(m.group(1)) * units.get(m.group(2).upper(), 1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.convert", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="fmt", required=True)
+    for fmt, help_ in (("meta", "Meta consolidated.NN.pth + params.json -> project checkpoint"),
+                       ("hf", "Hugging Face LlamaForCausalLM directory -> project checkpoint"),
+                       ("to-hf", "project checkpoint -> Hugging Face LlamaForCausalLM directory")):
+        s = sub.add_parser(fmt, help=help_)
+        s.add_argument("src", type=Path)
+        s.add_argument("dst", type=Path)
+        s.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: keep the source dtype)")
+        s.add_argument("--force", action="store_true", help="replace DST if it exists")
+        if fmt != "to-hf":
+            s.add_argument("--tokenizer", help="tokenizer.model when it is not in SRC or SRC/..")
+        if fmt == "meta":
+            s.add_argument("--max-seq-len", type=int,
+                           help="context length to record (params.json has none; default 2048, Llama 3: 8192/131072)")
+        if fmt == "to-hf":
+            s.add_argument("--max-shard-size", type=_size, default=5 * 10**9, help="default 5GB")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    dtype = DTYPES[a.dtype] if a.dtype else None
+    try:
+        if not a.src.is_dir():
+            raise ConvertError(f"{a.src}: not a directory")
+        check_dst(a.dst, a.force)
+        if a.fmt == "meta":
+            out = convert_meta(a.src, a.dst, a.tokenizer, dtype, a.max_seq_len)
+        elif a.fmt == "hf":
+            out = convert_hf(a.src, a.dst, a.tokenizer, dtype)
+        else:
+            out = convert_to_hf(a.src, a.dst, dtype, a.max_shard_size)
+    except (ConvertError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
