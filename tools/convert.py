@@ -93,9 +93,7 @@ def find_tokenizer(src: Path, explicit: str | None, also: tuple[str, ...] = ()) 
     for cand in (src / "tokenizer.model", *(src / a for a in also), src.parent / "tokenizer.model"):
         if cand.is_file():
             return cand
-    print(f"warning: no tokenizer.model in {src} or its parent; DST will have none "
-          "(pass --tokenizer PATH)", file=sys.stderr)
-    return None
+    return None  # main() warns after a successful conversion (errors stay one line)
 
 
 def check_dst(dst: Path, force: bool) -> None:
@@ -193,8 +191,10 @@ def convert_meta(src: Path, dst: Path, tokenizer: str | None, dtype: torch.dtype
             merged[d] *= n
         if tuple(merged) != expected[name]:
             where = shards[0] if n == 1 else f"{shards[0]} (merged over {n} shards)"
+            short = [e // m for m, e in zip(merged, expected[name], strict=False) if m != e and m and e % m == 0]
+            hint = " (is a model-parallel shard missing?)" if short and max(short) > 1 else ""
             raise ConvertError(f"{where}: tensor '{name}' has shape {tuple(merged)}, "
-                               f"params.json implies {expected[name]}")
+                               f"params.json implies {expected[name]}{hint}")
         plan.append((name, d))
     missing = sorted(set(expected) - {name for name, _ in plan})
     if missing:
@@ -380,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConvertError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not (out / "tokenizer.model").is_file():
+        print(f"warning: no tokenizer.model found for {a.src} (looked in SRC and SRC/..); {out} has none: "
+              "pass --tokenizer PATH or copy one in before using tools.chat", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

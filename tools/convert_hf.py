@@ -9,6 +9,7 @@ so its q/k rows are permuted. Everything here comes in symmetric pairs (`to_hf_*
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,9 +222,15 @@ def load_pth(path: Path) -> dict[str, torch.Tensor]:
                 raise
             # legacy (pre-zipfile) format cannot be memory-mapped: read it into memory instead
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors and truncated files explain themselves in line one
+    except pickle.UnpicklingError as e:
+        # torch's message is a page long; its useful part names the refused class
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"it pickles {m.group(1)}" if m else "it holds pickled objects that are not tensors"
+        raise ConvertError(f"{path}: refused by torch.load(weights_only=True): {what}, which could run "
+                           "code on load; re-save it as plain tensors or safetensors") from None
+    except Exception as e:  # truncated or foreign files: the first line of the error says which
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConvertError(f"{path}: cannot be read with torch.load(weights_only=True): {first}") from None
+        raise ConvertError(f"{path}: cannot be read by torch.load: {first}") from None
 
 
 def hf_weight_files(src: Path) -> dict[Path, list[str] | None]:
