@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from data.alpaca import IGNORE_INDEX
+from data.sampler import pack_rows
 
 Example = tuple[Sequence[int], Sequence[int]]  # (tokens, labels) of equal length
 
@@ -33,22 +34,6 @@ def collate_padded(examples: Sequence[Example], pad_id: int) -> dict:
         labels[b, : len(lab)] = torch.as_tensor(np.asarray(lab, dtype=np.int64))
     return {"tokens": tokens, "labels": labels, "positions": None, "document_ids": None,
             "num_targets": _num_targets(labels)}
-
-
-def pack_rows(lengths: Sequence[int], pack_len: int) -> list[list[int]]:
-    """Next-fit packing in the given order: indices of the examples of each row. Keeping the
-    order keeps the sampler's shuffle (a row is a contiguous run of the epoch's stream)."""
-    rows: list[list[int]] = []
-    used = pack_len + 1  # forces a new row for the first example
-    for i, n in enumerate(lengths):
-        if n > pack_len:
-            raise ValueError(f"an example of {n} tokens does not fit pack_len {pack_len}")
-        if used + n > pack_len:
-            rows.append([])
-            used = 0
-        rows[-1].append(i)
-        used += n
-    return rows
 
 
 def collate_rows(rows: Sequence[Sequence[Example]], pack_len: int, pad_id: int) -> dict:

@@ -15,14 +15,30 @@ step has the full global batch; the next epoch's shuffle leaves out different ex
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from data.collate import pack_rows
+
+def pack_rows(lengths: Sequence[int] | np.ndarray, pack_len: int) -> list[list[int]]:
+    """Next-fit packing in the given order: indices of the examples of each row. Keeping the
+    order keeps the sampler's shuffle (a row is a contiguous run of the epoch's stream)."""
+    rows: list[list[int]] = []
+    used = pack_len + 1  # forces a new row for the first example
+    for i, n in enumerate(lengths):
+        if n > pack_len:
+            raise ValueError(f"an example of {n} tokens does not fit pack_len {pack_len}")
+        if used + n > pack_len:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += n
+    return rows
 
 
 class AlpacaSampler:
+    """Per-rank micro-batches of units (see the module docstring); iterate one epoch at a time."""
+
     def __init__(self, lengths: np.ndarray, micro_batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, grad_accum: int = 1, group_by_length: bool = False,
                  megabatch_size: int = 512, pack_len: int | None = None):

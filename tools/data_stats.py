@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from data.alpaca import IGNORE_INDEX, DataError
+from data.alpaca import IGNORE_INDEX, DataError, read_records
 from data.config import DataConfig
 from data.dataset import load_dataset
 from data.sampler import AlpacaSampler
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.batch_size < 1:
         p.error("--batch-size must be positive")
     try:
+        for path in a.data:  # bad data fails here, before torch and the tokenizer are loaded
+            read_records(path, a.skip_invalid)
         from model.tokenizer import Tokenizer
 
         tokenizer = Tokenizer(a.tokenizer)
