@@ -15,6 +15,9 @@ class DataConfig:
     # Alpaca-format files (JSON list or JSONL), mixed by `weights`: a weight w takes each file's
     # examples w times per epoch (2.0 = twice, 0.5 = a fixed seeded half; None = all 1.0).
     paths: list[str] = field(default_factory=list)
+    # "files": train on `paths`. "synthetic": the trainer writes data/synthetic.py's tasks first
+    # and fills `paths` in (the tiny default); paths may be empty until then.
+    source: str = "files"
     weights: list[float] | None = None
     template: str = "alpaca"  # a name in data.prompts.TEMPLATES, or a .json file with the two keys
     max_len: int = 512  # cut of [BOS]+prompt+output+[EOS]; rows then have max_len - 1 tokens
@@ -27,10 +30,14 @@ class DataConfig:
     num_proc: int = 2  # tokenizer processes for the one-time cache build
 
     def __post_init__(self) -> None:
+        if self.source not in ("files", "synthetic"):
+            raise DataError(f"data.source: expected 'files' or 'synthetic', got {self.source!r}")
         if isinstance(self.paths, str):
             self.paths = [self.paths]
-        if not self.paths or not all(isinstance(p, str) and p for p in self.paths):
-            raise DataError("data.paths: expected a non-empty list of file paths")
+        if not isinstance(self.paths, list) or not all(isinstance(p, str) and p for p in self.paths):
+            raise DataError("data.paths: expected a list of file paths")
+        if not self.paths and self.source == "files":
+            raise DataError("data.paths: no data files given")
         if self.weights is not None:
             if len(self.weights) != len(self.paths):
                 raise DataError(f"data.weights: {len(self.weights)} weights for {len(self.paths)} paths")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.alpaca import IGNORE_INDEX
+from data.alpaca import IGNORE_INDEX, DataError
 from data.cache import TokenizedFile, load_tokenized
 from data.config import DataConfig
 
@@ -65,6 +65,8 @@ class AlpacaDataset:
 
 
 def load_dataset(cfg: DataConfig, tokenizer, seed: int = 0) -> AlpacaDataset:
+    if not cfg.paths:
+        raise DataError(f"data.paths: no data files (source {cfg.source!r} must fill them in before loading)")
     files = [load_tokenized(p, tokenizer, cfg.template, cfg.max_len, cfg.cache_dir, cfg.num_proc,
                             cfg.skip_invalid) for p in cfg.paths]
     return AlpacaDataset(files, cfg.weights, seed)
