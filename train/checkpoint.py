@@ -22,7 +22,6 @@ import os
 import random
 import re
 import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,12 +41,10 @@ from torch.distributed.tensor import DTensor
 
 from model.args import ModelArgs
 from model.checkpoint import save_checkpoint
+from train.faults import fault_point
 from train.parallel import DistInfo, clean_name
 
 STEP_RE = re.compile(r"^step_(\d+)$")
-# Fault injection for the crash-safety test: SIGKILL rank 0 after the shards of this step are
-# written but before the rename, i.e. the worst moment for a crash. Unset in normal runs.
-FAULT_ENV = "TRAIN_FAULT_KILL_IN_SAVE"
 
 
 class ResumeError(ValueError):
@@ -127,8 +124,7 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
     os.replace(str(part) + ".part", part)
     _barrier()
     if info.is_main:
-        if os.environ.get(FAULT_ENV) == str(step):
-            os.kill(os.getpid(), signal.SIGKILL)
+        fault_point("kill_in_save", step, info.rank)  # tests only: the worst moment to die
         if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)

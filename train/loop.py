@@ -37,14 +37,12 @@ from model.tokenizer import Tokenizer
 from train import checkpoint as ckpt
 from train import parallel
 from train.config import ConfigError, TrainConfig, save_config
+from train.faults import fault_point
 from train.heldout import heldout_loss, sample_responses
 from train.metrics import MetricsLogger, Throughput
 from train.optim import build_optimizer, build_scheduler
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Fault injection for the resume test: SIGKILL every rank's process right after this step is
-# logged (a preempted node that got no SIGTERM). Unset in normal runs.
-FAULT_KILL_AT_STEP = "TRAIN_FAULT_KILL_AT_STEP"
 
 
 class TrainingError(RuntimeError):
@@ -248,9 +246,6 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
             nonfinite_in_a_row += 1
             logger.message(f"step {step + 1}: non-finite loss {loss} / grad norm {grad_norm}, step skipped "
                            f"({nonfinite_in_a_row} in a row, max_nonfinite={cfg.max_nonfinite})")
-            if nonfinite_in_a_row > cfg.max_nonfinite:
-                raise TrainingError(f"stopping: {nonfinite_in_a_row} non-finite steps in a row at step {step + 1} "
-                                    f"(max_nonfinite={cfg.max_nonfinite}); lower optim.lr or check the data")
         else:
             nonfinite_in_a_row = 0
             optimizer.step()
@@ -267,8 +262,11 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
                "tokens": int(step_tokens), "targets": int(step_targets), "skipped": skipped,
                **throughput.measure(step_time, step_tokens, seq_len, total_steps - step)}
         logger.log_step(row, total_steps, print_line=step % cfg.log.every == 0 or step in (1, total_steps))
-        if os.environ.get(FAULT_KILL_AT_STEP) == str(step):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if nonfinite_in_a_row > cfg.max_nonfinite:
+            raise TrainingError(f"stopping: {nonfinite_in_a_row} non-finite steps in a row at step {step} "
+                                f"(max_nonfinite={cfg.max_nonfinite}); lower optim.lr or check the data")
+        fault_point("kill", step, info.rank)  # tests only (train/faults.py)
+        fault_point("term", step, info.rank)
 
         if heldout_loader is not None and (step % cfg.eval.every == 0 or step == total_steps):
             values = heldout_loss(model, heldout_loader, cfg.eval.max_batches, info.device)
