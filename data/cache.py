@@ -60,48 +60,60 @@ def cache_key(data_sha: str, tokenizer_sha: str, template, max_len: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-# --- the parallel build: each worker process loads its own tokenizer once ---------------------
-_worker_tok = None
+# --- the parallel build: forked workers encode spans of the records -------------------------
+_worker_state: tuple = ()
 
 
-def _init_worker(tokenizer) -> None:
-    global _worker_tok
-    _worker_tok = tokenizer
+def _init_worker(tokenizer, records: list[dict], template) -> None:
+    global _worker_state
+    _worker_state = (tokenizer, records, template)  # inherited through fork, never pickled
 
 
-def _encode_chunk(args) -> list[tuple[list[int], int]]:
-    records, template = args
-    return [encode_example(_worker_tok, r, template) for r in records]
+Encoded = tuple[np.ndarray, np.ndarray, np.ndarray]  # (all sequences flat, lengths, prompt lengths)
 
 
-def encode_all(tokenizer, records: list[dict], template, num_proc: int) -> list[tuple[list[int], int]]:
+def _encode_records(tokenizer, records: list[dict], template) -> Encoded:
+    seqs, plens = zip(*(encode_example(tokenizer, r, template) for r in records), strict=True)
+    lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    flat = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(lens.sum()))
+    return flat, lens, np.asarray(plens, dtype=np.int64)
+
+
+def _encode_chunk(span: tuple[int, int]) -> Encoded:
+    tokenizer, records, template = _worker_state
+    return _encode_records(tokenizer, records[span[0]:span[1]], template)  # arrays: cheap to send back
+
+
+def encode_all(tokenizer, records: list[dict], template, num_proc: int) -> Encoded:
     """encode_example over all records, in order, with num_proc processes. Workers are forked:
     they inherit the tokenizer and re-import nothing (spawn would re-run the caller's main
     module); they only run sentencepiece and pickling, never torch, so the parent's threads
     (gloo, CUDA) are no hazard to them."""
     if num_proc <= 1 or len(records) < 256:
-        return [encode_example(tokenizer, r, template) for r in records]
+        return _encode_records(tokenizer, records, template)
     n_chunks = num_proc * 4
     size = -(-len(records) // n_chunks)
-    chunks = [(records[i:i + size], template) for i in range(0, len(records), size)]
+    spans = [(i, min(i + size, len(records))) for i in range(0, len(records), size)]
     with ProcessPoolExecutor(num_proc, mp_context=get_context("fork"), initializer=_init_worker,
-                             initargs=(tokenizer,)) as pool:
-        return [ex for part in pool.map(_encode_chunk, chunks) for ex in part]
+                             initargs=(tokenizer, records, template)) as pool:
+        parts = list(pool.map(_encode_chunk, spans))
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
 
 
-def build_arrays(encoded: list[tuple[list[int], int]], indices: list[int], max_len: int,
-                 vocab_size: int) -> dict[str, np.ndarray]:
+def build_arrays(encoded: Encoded, indices: list[int], max_len: int, vocab_size: int) -> dict[str, np.ndarray]:
     """Cut every sequence to max_len and drop those whose prompt alone reaches it."""
-    keep = [(seq, p, i) for (seq, p), i in zip(encoded, indices, strict=True) if p < max_len]
-    lens = np.array([min(len(seq), max_len) for seq, _, _ in keep], dtype=np.int64)
+    flat, lens, plens = encoded
+    keep = plens < max_len
+    cut = np.where(keep, np.minimum(lens, max_len), 0)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    within = np.arange(len(flat)) - np.repeat(starts, lens)  # position of each token in its sequence
     dtype = np.uint16 if vocab_size <= 1 << 16 else np.int32
-    seqs = np.fromiter((t for seq, _, _ in keep for t in seq[:max_len]), dtype=dtype, count=int(lens.sum()))
     return {
-        "seqs": seqs,
-        "offsets": np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-        "prompt_lens": np.array([p for _, p, _ in keep], dtype=np.int32),
-        "truncated": np.array([len(seq) > max_len for seq, _, _ in keep], dtype=bool),
-        "record_index": np.array([i for _, _, i in keep], dtype=np.int64),
+        "seqs": flat[within < np.repeat(cut, lens)].astype(dtype),
+        "offsets": np.concatenate([[0], np.cumsum(cut[keep])]).astype(np.int64),
+        "prompt_lens": plens[keep].astype(np.int32),
+        "truncated": (lens > max_len)[keep],
+        "record_index": np.asarray(indices, dtype=np.int64)[keep],
     }
 
 
