@@ -123,9 +123,11 @@ def train_sentencepiece(path: Path, vocab_size: int = 400) -> Path:
 
 def run_module(*argv: str, stdin: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     """`python -m ...` from the repository root, as a user runs it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=env, capture_output=True,
+                          input=None if stdin is None else stdin.encode(), timeout=timeout)
+    # decoded by hand: text=True would turn a generated "\r" into "\n" (universal newlines)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,0 +1,136 @@
+"""tools.chat: the Stanford Alpaca prompt, greedy output identical to transformers' greedy
+`generate` on the same weights (run as `python -m tools.chat`, as a user runs it), EOS stops,
+top-p, the interactive loop, and one-line errors for a bad --ckpt."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import sentencepiece as spm
+import torch
+from hf_reference import hf_config, random_hf_llama, run_module, train_sentencepiece
+from safetensors.torch import load_file, save_file
+
+from tools.chat import main as chat_main
+from tools.convert import main as convert
+
+# Stanford Alpaca's PROMPT_DICT, copied from the paper's repository (the oracle for the template).
+WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+              "context. Write a response that appropriately completes the request.\n\n"
+              "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
+NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
+            "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def chat_setup(tmp_path_factory):
+    """A converted checkpoint with a trained 400-piece tokenizer, its HF twin, and the tokenizer."""
+    root = tmp_path_factory.mktemp("chat")
+    tok = train_sentencepiece(root / "tok.model", vocab_size=400)
+    hf = random_hf_llama(hf_config(vocab_size=400, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=256), seed=11)
+    hf.save_pretrained(root / "hf")
+    shutil.copy(tok, root / "hf" / "tokenizer.model")
+    assert convert(["hf", str(root / "hf"), str(root / "ckpt")]) == 0
+    return root / "ckpt", hf, spm.SentencePieceProcessor(model_file=str(tok))
+
+
+def _hf_greedy_text(hf, sp, prompt: str, max_new_tokens: int) -> str:
+    ids = [sp.bos_id()] + sp.encode(prompt)
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                          eos_token_id=EOS, pad_token_id=0)
+    new = out[0, len(ids):].tolist()
+    return sp.decode(new[:-1] if new and new[-1] == EOS else new)
+
+
+def _chat(ckpt, *args: str, stdin: str | None = None):
+    return run_module("tools.chat", "--ckpt", str(ckpt), *args, stdin=stdin)
+
+
+def test_one_shot_greedy_output_equals_transformers_greedy_generate(chat_setup):
+    ckpt, hf, sp = chat_setup
+    instruction, context = "Name three colours of the quick brown fox.", "안녕하세요 the lazy dog"
+    proc = _chat(ckpt, "--instruction", instruction, "--input", context, "--temperature", "0",
+                 "--max-new-tokens", "24")
+    assert proc.returncode == 0, proc.stderr
+    expected = _hf_greedy_text(hf, sp, WITH_INPUT.format(instruction=instruction, input=context), 24)
+    assert expected.strip()  # a non-empty response is compared
+    assert proc.stdout == expected + "\n"  # the response alone: no prompt, no banner
+
+    proc = _chat(ckpt, "--instruction", instruction, "--temperature", "0", "--max-new-tokens", "24")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == _hf_greedy_text(hf, sp, NO_INPUT.format(instruction=instruction), 24) + "\n"
+
+
+def _chat_in_process(capsys, ckpt, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = chat_main(["--ckpt", str(ckpt), *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_tiny_top_p_samples_the_greedy_tokens_and_seeds_reproduce(chat_setup, capsys):
+    ckpt, hf, sp = chat_setup
+    instruction = "Write a question about data."
+    code, out, _ = _chat_in_process(capsys, ckpt, "--instruction", instruction, "--temperature", "1.0",
+                                    "--top-p", "1e-6", "--max-new-tokens", "16")
+    assert code == 0
+    assert out == _hf_greedy_text(hf, sp, NO_INPUT.format(instruction=instruction), 16) + "\n"
+    sampled = [_chat_in_process(capsys, ckpt, "--instruction", instruction, "--temperature", "1.0",
+                                "--top-p", "1.0", "--seed", str(seed), "--max-new-tokens", "16")[1]
+               for seed in (1, 1, 2)]
+    assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
+
+
+def test_interactive_loop_answers_each_instruction_and_exits_on_empty_line(chat_setup):
+    ckpt, hf, sp = chat_setup
+    stdin = "List three words.\n\nName a model.\nllama\n\n"  # instruction, input, ..., empty = quit
+    proc = _chat(ckpt, "--temperature", "0", "--max-new-tokens", "12", stdin=stdin)
+    assert proc.returncode == 0, proc.stderr
+    first = _hf_greedy_text(hf, sp, NO_INPUT.format(instruction="List three words."), 12)
+    second = _hf_greedy_text(hf, sp, WITH_INPUT.format(instruction="Name a model.", input="llama"), 12)
+    assert proc.stdout == f"{first}\n{second}\n"
+    assert "Instruction:" in proc.stderr  # prompts go to stderr, stdout carries only responses
+    eof = _chat(ckpt, "--temperature", "0", "--max-new-tokens", "4", stdin="")  # Ctrl-D at once
+    assert eof.returncode == 0 and eof.stdout == ""
+
+
+def test_bad_ckpt_is_one_line_and_exit_2(chat_setup, tmp_path, capsys):
+    ckpt, _, _ = chat_setup
+    proc = _chat(tmp_path / "nope", "--instruction", "hi")  # the real CLI: no traceback
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "nope" in proc.stderr
+    no_config = tmp_path / "empty"
+    no_config.mkdir()
+    shutil.copy(ckpt / "tokenizer.model", no_config / "tokenizer.model")
+    wrong_tok = tmp_path / "wrong_tok"
+    shutil.copytree(ckpt, wrong_tok)
+    (wrong_tok / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+    for bad, names in ((no_config, "config.json"), (wrong_tok, "tokenizer.model")):
+        code, out, err = _chat_in_process(capsys, bad, "--instruction", "hi")
+        lines = err.strip().splitlines()
+        assert code == 2 and out == ""
+        assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], lines
+
+
+def test_response_stops_at_eos(chat_setup, tmp_path):
+    """Swap the output rows of EOS and the token greedy decoding picks third: the response must end
+    after two tokens, exactly where transformers' generate (eos_token_id=2) stops."""
+    ckpt, hf, sp = chat_setup
+    instruction = "Write a list."
+    prompt = [sp.bos_id()] + sp.encode(NO_INPUT.format(instruction=instruction))
+    with torch.no_grad():
+        free = hf.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
+                           eos_token_id=EOS, pad_token_id=0)[0, len(prompt):].tolist()
+    assert EOS not in free[:2] and free[2] not in free[:2]
+    swapped = tmp_path / "ckpt"
+    shutil.copytree(ckpt, swapped)
+    weights = load_file(swapped / "model.safetensors")
+    weights["output.weight"][[EOS, free[2]]] = weights["output.weight"][[free[2], EOS]]
+    save_file(weights, swapped / "model.safetensors", metadata={"format": "pt"})
+    proc = _chat(swapped, "--instruction", instruction, "--temperature", "0", "--max-new-tokens", "6")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == sp.decode(free[:2]) + "\n"

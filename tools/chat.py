@@ -1,0 +1,159 @@
+"""Talk to a project checkpoint with the Alpaca prompt.
+
+    python -m tools.chat --ckpt DIR --instruction "Name three colours." [--input TEXT]
+    python -m tools.chat --ckpt DIR            # interactive: empty instruction or EOF exits
+
+The prompt is built exactly as training builds it (data/prompts.py, `BOS + encode(prompt)`), so a
+fine-tuned model sees at inference the token sequence it was trained to continue. Decoding is greedy
+at --temperature 0, otherwise temperature + top-p sampling; it stops at EOS or --max-new-tokens.
+The response streams to stdout as it is generated; with --instruction nothing else goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from data.prompts import TEMPLATES, format_prompt
+from model.checkpoint import CheckpointError, load_args, load_model
+from model.llama import Transformer
+from model.sampling import generate
+from model.tokenizer import Tokenizer
+
+
+class ChatError(Exception):
+    """A problem the user can fix (bad --ckpt, prompt too long); reported as one line."""
+
+
+class Streamer:
+    """Prints the response as tokens arrive.
+
+    Decoding token by token would drop sentencepiece's word-boundary spaces and split multi-byte
+    characters (byte-fallback pieces), so it decodes the whole response so far and prints the new
+    suffix, holding back a trailing U+FFFD until the rest of the character's bytes arrive.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, out=None):
+        self.tokenizer, self.out = tokenizer, out or sys.stdout  # looked up now: tests swap sys.stdout
+        self.ids: list[int] = []
+        self.printed = ""
+
+    def __call__(self, token: int) -> None:
+        self.ids.append(token)
+        self._emit(self.tokenizer.decode(self.ids).rstrip("\ufffd"))
+
+    def finish(self) -> None:
+        self._emit(self.tokenizer.decode(self.ids))
+
+    def _emit(self, text: str) -> None:
+        if text.startswith(self.printed) and len(text) > len(self.printed):
+            self.out.write(text[len(self.printed):])
+            self.out.flush()
+            self.printed = text
+
+
+def load(ckpt: Path, tokenizer_path: Path | None, device: str, dtype: torch.dtype) -> tuple[Transformer, Tokenizer]:
+    """Model and tokenizer from a checkpoint directory; every failure becomes a one-line ChatError."""
+    if not ckpt.is_dir():
+        raise ChatError(f"{ckpt}: not a directory (expected a project checkpoint: config.json, "
+                        "*.safetensors, tokenizer.model)")
+    tok_path = tokenizer_path or ckpt / "tokenizer.model"
+    if not tok_path.is_file():
+        raise ChatError(f"{tok_path}: tokenizer not found (pass --tokenizer PATH)")
+    try:
+        args = load_args(ckpt)
+        tokenizer = Tokenizer(tok_path)
+    except CheckpointError as e:
+        raise ChatError(str(e)) from None
+    except Exception as e:  # sentencepiece's parse error is a multi-line C++ message
+        raise ChatError(f"{tok_path}: not a sentencepiece model ({type(e).__name__})") from None
+    if tokenizer.vocab_size > args.vocab_size:
+        raise ChatError(f"{tok_path}: tokenizer has {tokenizer.vocab_size} pieces but tensor "
+                        f"'tok_embeddings.weight' has {args.vocab_size} rows")
+    try:
+        model = load_model(ckpt, device=device, dtype=dtype)
+    except CheckpointError as e:
+        raise ChatError(str(e)) from None
+    return model, tokenizer
+
+
+def respond(model: Transformer, tokenizer: Tokenizer, instruction: str, input_text: str = "",
+            template: str = "alpaca", max_new_tokens: int = 256, temperature: float = 0.0,
+            top_p: float = 1.0, generator: torch.Generator | None = None, out=None) -> list[int]:
+    """Generate (and stream to `out`) the response to one instruction; returns the new token ids."""
+    prompt = format_prompt({"instruction": instruction, "input": input_text}, template)
+    prompt_ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    room = model.args.max_seq_len - len(prompt_ids)
+    if room <= 0:
+        raise ChatError(f"the prompt is {len(prompt_ids)} tokens; the model's max_seq_len is "
+                        f"{model.args.max_seq_len}")
+    streamer = Streamer(tokenizer, out)
+    ids = generate(model, prompt_ids, min(max_new_tokens, room), temperature=temperature, top_p=top_p,
+                   eos_id=tokenizer.eos_id, on_token=streamer, generator=generator)
+    streamer.finish()
+    return ids
+
+
+def _ask(label: str) -> str | None:
+    """One line from stdin, the label on stderr so stdout carries only responses; None at EOF."""
+    print(label, end="", file=sys.stderr, flush=True)
+    try:
+        return input()
+    except EOFError:
+        return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.chat", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", type=Path, required=True, help="project checkpoint directory")
+    p.add_argument("--tokenizer", type=Path, help="default: CKPT/tokenizer.model")
+    p.add_argument("--instruction", help="answer this one instruction and exit")
+    p.add_argument("--input", default="", help="optional context for --instruction")
+    p.add_argument("--template", default="alpaca", choices=sorted(TEMPLATES))
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on CUDA, float32 on CPU")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.temperature < 0 or not 0 < a.top_p <= 1 or a.max_new_tokens < 1:
+        print("error: need --temperature >= 0, 0 < --top-p <= 1, --max-new-tokens >= 1", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32"))
+    generator = torch.Generator(device=a.device).manual_seed(a.seed)
+    sample = dict(template=a.template, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                  top_p=a.top_p, generator=generator)
+    try:
+        model, tokenizer = load(a.ckpt, a.tokenizer, a.device, dtype)
+        if a.instruction is not None:
+            respond(model, tokenizer, a.instruction, a.input, **sample)
+            print()
+            return 0
+        print(f"loaded {a.ckpt}; empty instruction or Ctrl-D exits", file=sys.stderr)
+        while (instruction := _ask("\nInstruction: ")) and instruction.strip():
+            input_text = _ask("Input (optional): ") or ""
+            try:
+                respond(model, tokenizer, instruction, input_text, **sample)
+            except ChatError as e:  # a too-long prompt should not end the session
+                print(f"error: {e}", file=sys.stderr)
+            print()
+    except ChatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
