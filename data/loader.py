@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from data.alpaca import DataError
+import numpy as np
+
+from data.alpaca import IGNORE_INDEX, DataError
 from data.collate import collate_padded, collate_rows
 from data.config import DataConfig
 from data.dataset import load_dataset
-from data.sampler import AlpacaSampler
+from data.sampler import AlpacaSampler, pack_rows
 
 
 class AlpacaLoader:
@@ -29,9 +31,13 @@ class AlpacaLoader:
         self.sampler = AlpacaSampler(self.dataset.lengths, micro_batch_size, rank, world_size, seed,
                                      grad_accum, cfg.group_by_length, cfg.megabatch_size,
                                      cfg.pack_len if cfg.packing else None)
+
+    def _check_fills_a_step(self) -> None:
+        # Checked when training starts, not at construction: a small held-out set is fine for
+        # one_pass() even when it cannot fill a training step.
         if self.sampler.micro_batches_per_epoch() == 0:
             raise DataError(f"{len(self.dataset)} examples cannot fill one optimizer step of "
-                            f"{self.sampler.units_per_step} {'rows' if cfg.packing else 'examples'} "
+                            f"{self.sampler.units_per_step} {'rows' if self.cfg.packing else 'examples'} "
                             f"(micro_batch_size x world_size x grad_accum)")
 
     @property
@@ -51,6 +57,7 @@ class AlpacaLoader:
         """Optimizer steps per epoch. The tail of an epoch that cannot fill a step is skipped."""
         if grad_accum is not None and grad_accum != self.sampler.accum:
             raise ValueError(f"loader built with grad_accum={self.sampler.accum}, asked for {grad_accum}")
+        self._check_fills_a_step()
         return self.sampler.steps_per_epoch()
 
     def collate(self, units) -> dict:
@@ -60,8 +67,32 @@ class AlpacaLoader:
             return collate_rows(rows, self.cfg.pack_len, self.pad_id)
         return collate_padded([self.dataset[int(i)] for unit in units for i in unit], self.pad_id)
 
+    def one_pass(self) -> Iterator[dict]:
+        """Every example exactly once, unshuffled and with no tail dropped: held-out evaluation.
+
+        Slots of `micro_batch_size` units go round-robin over ranks as in training. Every rank
+        yields the same number of batches (FSDP forwards are collectives); where a rank's share
+        runs out it gets a filler batch with no targets (num_targets 0), which adds nothing to a
+        summed loss. The training position is untouched."""
+        order = np.arange(len(self.dataset))
+        if self.cfg.packing:
+            units = [order[row] for row in pack_rows(self.dataset.lengths, self.cfg.pack_len)]
+        else:
+            units = list(order[:, None])
+        micro, world, rank = self.sampler.micro, self.sampler.world, self.sampler.rank
+        n_slots = -(-len(units) // micro)
+        for slot in range(rank, -(-n_slots // world) * world, world):
+            if slot < n_slots:
+                yield self.collate(units[slot * micro:(slot + 1) * micro])
+            else:
+                filler = self.collate([order[:1]])
+                filler["labels"].fill_(IGNORE_INDEX)
+                filler["num_targets"] = 0
+                yield filler
+
     def __iter__(self) -> Iterator[dict]:
         """Batches forever, epoch after epoch; resume by load_state_dict before iterating."""
+        self._check_fills_a_step()
         while True:
             for units in self.sampler:
                 yield self.collate(units)

@@ -85,3 +85,17 @@ def test_skipped_records_are_reported_by_line(tmp_path):
 def test_bad_data_config_names_the_key(cfg, message):
     with pytest.raises(DataError, match=message.replace("(", r"\(")):
         DataConfig.from_dict(cfg)
+
+
+def test_too_little_data_for_one_step_is_a_clear_error(tmp_path):
+    from test_data_masking import CharTokenizer
+
+    from data.loader import AlpacaLoader
+
+    path = tmp_path / "three.json"
+    path.write_text(json.dumps([GOOD] * 3))
+    loader = AlpacaLoader(DataConfig(paths=[str(path)], cache_dir=None), CharTokenizer(), micro_batch_size=2,
+                          world_size=2, rank=1)
+    with pytest.raises(DataError, match="3 examples cannot fill one optimizer step of 4 examples"):
+        loader.steps_per_epoch()
+    assert sum(b["num_targets"] for b in loader.one_pass()) == len("Hi.") + 1  # rank 1's one example

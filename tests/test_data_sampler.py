@@ -1,6 +1,7 @@
 """The sampler: sharded, split-invariant, resumable; and the loader on top of it."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +137,22 @@ def test_loader_mixes_files_by_weight_and_packs(tmp_path):
     assert batch["tokens"].shape[1] == 1024 and batch["positions"] is not None
     counts = np.bincount(loader.dataset.index, minlength=60)
     assert (counts[:30] == 2).all() and counts[30:].sum() == 15 and counts[30:].max() == 1
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_one_pass_sees_every_example_once_with_equal_batches_per_rank(tmp_path, packing):
+    tok = CharTokenizer()
+    cfg = DataConfig(paths=_tiny_files(tmp_path), cache_dir=str(tmp_path / "c"), num_proc=1,
+                     packing=packing, pack_len=1024)
+    ranks = [list(AlpacaLoader(cfg, tok, micro_batch_size=4, rank=r, world_size=3).one_pass()) for r in range(3)]
+    assert len({len(batches) for batches in ranks}) == 1
+    seen = []
+    for batches in ranks:
+        for b in batches:
+            for row in b["tokens"].tolist():
+                text = tok.decode(row)  # each of the 60 instructions "q<file><index>" is unique
+                seen += [w for w in text.replace("\n", " ").split() if w.startswith("q") and w[1:].isdigit()]
+    assert sorted(seen) == sorted(f"q{k}{i}" for k in range(2) for i in range(30))
+    records = [r for p in cfg.paths for r in json.loads(Path(p).read_text())]
+    expected_targets = sum(len(r["output"]) + 1 for r in records)  # output chars + EOS
+    assert sum(b["num_targets"] for batches in ranks for b in batches) == expected_targets
