@@ -36,7 +36,7 @@ class AlpacaDataset:
         self.files = files
         sizes = [len(f) for f in files]
         bases = np.concatenate([[0], np.cumsum([len(f.seqs) for f in files])])[:-1]
-        self.seqs = np.concatenate([f.seqs.astype(np.int64) for f in files])
+        self.seqs = np.concatenate([f.seqs for f in files])  # kept in the cache's compact dtype
         self.offsets = np.concatenate([f.offsets[:-1] + b for f, b in zip(files, bases, strict=True)] + [[len(self.seqs)]])
         self.prompt_lens = np.concatenate([f.prompt_lens for f in files]).astype(np.int64)
         self.index = mixture_index(sizes, weights or [1.0] * len(files), seed)
@@ -47,7 +47,7 @@ class AlpacaDataset:
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         j = self.index[i]
-        seq = self.seqs[self.offsets[j]:self.offsets[j + 1]]
+        seq = self.seqs[self.offsets[j]:self.offsets[j + 1]].astype(np.int64)
         labels = seq[1:].copy()
         labels[: self.prompt_lens[j] - 1] = IGNORE_INDEX
         return seq[:-1], labels

@@ -33,7 +33,8 @@ def padding_efficiency(lengths: np.ndarray, order: np.ndarray, batch_size: int) 
 def compute_stats(cfg: DataConfig, tokenizer, batch_size: int, seed: int = 0) -> dict:
     ds = load_dataset(cfg, tokenizer, seed)
     lengths = ds.lengths
-    order = np.concatenate(AlpacaSampler(lengths, batch_size, seed=seed).units(0))
+    order = np.concatenate(AlpacaSampler(lengths, batch_size, seed=seed, group_by_length=cfg.group_by_length,
+                                         megabatch_size=cfg.megabatch_size).units(0))
     rows = AlpacaSampler(lengths, 1, seed=seed, pack_len=cfg.pack_len).units(0)
     targets = sum(int((ds[i][1] != IGNORE_INDEX).sum()) for i in range(len(ds)))
     stats = ds.stats
@@ -54,6 +55,7 @@ def compute_stats(cfg: DataConfig, tokenizer, batch_size: int, seed: int = 0) ->
         "batch_size": batch_size,
         "pack_len": cfg.pack_len,
         "template": cfg.template,
+        "group_by_length": cfg.group_by_length,
     }
 
 
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--pack-len", type=int, default=2048)
     p.add_argument("--template", default="alpaca")
+    p.add_argument("--group-by-length", action="store_true", help="padding efficiency with length grouping")
+    p.add_argument("--megabatch-size", type=int, default=512)
     p.add_argument("--skip-invalid", action="store_true", help="skip and count bad records")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-proc", type=int, default=2)
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
         tokenizer = Tokenizer(a.tokenizer)
         cfg = DataConfig(paths=a.data, template=a.template, max_len=a.max_len, skip_invalid=a.skip_invalid,
-                         packing=True, pack_len=a.pack_len, cache_dir=a.cache_dir or None, num_proc=a.num_proc)
+                         packing=True, pack_len=a.pack_len, group_by_length=a.group_by_length,
+                         megabatch_size=a.megabatch_size, cache_dir=a.cache_dir or None, num_proc=a.num_proc)
         print(json.dumps(compute_stats(cfg, tokenizer, a.batch_size, a.seed)))
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
