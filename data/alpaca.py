@@ -31,8 +31,12 @@ class DataError(ValueError):
     """A problem with the user's data or data config, as one printable line (CLIs exit 2)."""
 
 
+_JSON_TYPES = {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer", float: "number"}
+
+
 def _type_name(v: Any) -> str:
-    return "null" if v is None else type(v).__name__
+    """The JSON name of a parsed value's type, as the user wrote it in the file."""
+    return "null" if v is None else _JSON_TYPES.get(type(v), type(v).__name__)
 
 
 def check_record(rec: Any) -> str | None:
@@ -51,6 +55,14 @@ def check_record(rec: Any) -> str | None:
     return None
 
 
+def _parses_as_one_value(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
 def parse_records(text: str, path: str) -> list[tuple[str, Any]]:
     """Split a file's text into (label, raw record) pairs: a JSON list ("record 7", 0-based
     index) or JSON Lines ("line 8", 1-based, as editors count). Malformed JSON raises DataError."""
@@ -62,8 +74,6 @@ def parse_records(text: str, path: str) -> list[tuple[str, Any]]:
             items = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-        if not isinstance(items, list):  # pragma: no cover - '[' always parses to a list
-            raise DataError(f"{path}: expected a JSON list of records")
         return [(f"record {i}", rec) for i, rec in enumerate(items)]
     out = []
     for n, line in enumerate(text.splitlines(), start=1):
@@ -72,6 +82,9 @@ def parse_records(text: str, path: str) -> list[tuple[str, Any]]:
         try:
             out.append((f"line {n}", json.loads(line)))
         except json.JSONDecodeError as e:
+            if not out and _parses_as_one_value(text):  # e.g. a pretty-printed {"data": [...]}
+                raise DataError(f"{path}: expected a JSON list of records or JSON Lines, got one "
+                                f"{_type_name(json.loads(text))}") from None
             raise DataError(f"{path}: line {n}: invalid JSON at column {e.colno}: {e.msg}") from None
     return out
 
@@ -83,7 +96,7 @@ def read_records(path: str | Path, skip_invalid: bool = False, text: str | None 
     path = str(path)
     if text is None:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
         except FileNotFoundError:
             raise DataError(f"{path}: no such file") from None
         except (OSError, UnicodeDecodeError) as e:

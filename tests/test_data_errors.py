@@ -20,15 +20,16 @@ BAD = [  # (file name, content, what the one line must say)
     ("a.json", [GOOD, {"output": "y"}], "record 1: field 'instruction': missing"),
     ("a.json", [GOOD, GOOD, {"instruction": "  ", "output": "y"}], "record 2: field 'instruction': empty"),
     ("a.json", [{"instruction": "x", "output": ""}], "record 0: field 'output': empty"),
-    ("a.json", [{"instruction": "x", "output": 5}], "record 0: field 'output': expected a string, got int"),
+    ("a.json", [{"instruction": "x", "output": 5}], "record 0: field 'output': expected a string, got integer"),
     ("a.json", [{"instruction": ["x"], "output": "y"}], "record 0: field 'instruction': expected a string, got list"),
-    ("a.json", [{"instruction": "x", "input": 3, "output": "y"}], "record 0: field 'input': expected a string, got int"),
+    ("a.json", [{"instruction": "x", "input": 3, "output": "y"}], "record 0: field 'input': expected a string, got integer"),
     ("a.json", [{"instruction": "x", "input": None, "output": "y"}], "record 0: field 'input': expected a string, got null"),
-    ("a.json", [GOOD, "just text"], "record 1: expected an object"),
+    ("a.json", [GOOD, "just text"], "record 1: expected an object with instruction/input/output, got string"),
     ("a.json", '[{"instruction": "x", "output": "y"},\n', "invalid JSON at line 2"),
     ("a.jsonl", json.dumps(GOOD) + "\n{not json}\n", "line 2: invalid JSON"),
     ("a.jsonl", json.dumps(GOOD) + "\n\n" + json.dumps({"instruction": "x"}) + "\n", "line 3: field 'output': missing"),
     ("a.json", "", "empty file"),
+    ("a.json", json.dumps({"data": [GOOD]}, indent=1), "expected a JSON list of records or JSON Lines, got one object"),
 ]
 
 
