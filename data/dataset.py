@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 
 from data.alpaca import IGNORE_INDEX, DataError
@@ -41,6 +44,8 @@ class AlpacaDataset:
         self.prompt_lens = np.concatenate([f.prompt_lens for f in files]).astype(np.int64)
         self.index = mixture_index(sizes, weights or [1.0] * len(files), seed)
         self.lengths = (np.diff(self.offsets) - 1)[self.index]
+        blob = json.dumps([[f.meta["key"] for f in files], weights, seed])
+        self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.index)

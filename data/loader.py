@@ -99,7 +99,13 @@ class AlpacaLoader:
             self.sampler.set_epoch(self.sampler.epoch + 1)
 
     def state_dict(self) -> dict:
-        return self.sampler.state_dict()
+        """The sampler's position plus a fingerprint of the data (files' cache keys, weights)."""
+        return {**self.sampler.state_dict(), "data_fingerprint": self.dataset.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume exactly: refuses a state taken on other data, where "the same batches" is void."""
+        theirs = state.get("data_fingerprint", self.dataset.fingerprint)
+        if theirs != self.dataset.fingerprint:
+            raise DataError("loader state was saved on different data (files, tokenizer, template, max_len "
+                            "or weights changed); resuming would not see the batches it would have seen")
         self.sampler.load_state_dict(state)

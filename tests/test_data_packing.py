@@ -15,7 +15,7 @@ def test_collate_padded_pads_right_with_masked_labels():
     assert b["tokens"].tolist() == [[1, 5, 6], [1, 7, 0]]
     assert b["labels"].tolist() == [[M, 6, 2], [M, 2, M]]
     assert b["positions"] is None and b["document_ids"] is None
-    assert b["num_targets"] == 3
+    assert b["num_targets"] == 3 and b["num_tokens"] == 5
 
 
 def test_collate_packed_restarts_positions_and_separates_documents():
@@ -28,7 +28,7 @@ def test_collate_packed_restarts_positions_and_separates_documents():
     assert batch["labels"].tolist() == [[M, 6, 2, M, 2, M], [M, M, 10, 2, M, M]]
     assert batch["positions"].tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]]
     assert batch["document_ids"].tolist() == [[0, 0, 0, 1, 1, 2], [0, 0, 0, 0, 1, 1]]
-    assert batch["num_targets"] == 5
+    assert batch["num_targets"] == 5 and batch["num_tokens"] == 9
 
 
 def _examples(n=9, vocab=50, seed=0):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from test_data_masking import CharTokenizer
 
+from data.alpaca import DataError
 from data.config import DataConfig
 from data.loader import AlpacaLoader
 from data.sampler import AlpacaSampler, pack_rows
@@ -156,3 +157,16 @@ def test_one_pass_sees_every_example_once_with_equal_batches_per_rank(tmp_path, 
     records = [r for p in cfg.paths for r in json.loads(Path(p).read_text())]
     expected_targets = sum(len(r["output"]) + 1 for r in records)  # output chars + EOS
     assert sum(b["num_targets"] for batches in ranks for b in batches) == expected_targets
+
+
+def test_loader_refuses_a_state_saved_on_other_data(tmp_path):
+    tok = CharTokenizer()
+    paths = _tiny_files(tmp_path)
+    cfg = DataConfig(paths=paths, cache_dir=str(tmp_path / "c"), num_proc=1)
+    state = AlpacaLoader(cfg, tok, micro_batch_size=4).state_dict()
+    Path(paths[0]).write_text(Path(paths[0]).read_text().replace('"q00"', '"q00 edited"'))  # same count
+    edited = AlpacaLoader(cfg, tok, micro_batch_size=4)
+    with pytest.raises(DataError, match="different data"):
+        edited.load_state_dict(state)
+    AlpacaLoader(DataConfig(paths=paths[1:], cache_dir=None), tok, 4).load_state_dict(
+        AlpacaLoader(DataConfig(paths=paths[1:], cache_dir=None), tok, 4).state_dict())  # same data: fine
