@@ -29,7 +29,11 @@ def straight_w2(setup):
     """The reference: 2 processes, micro-batch 2, 8 steps, no interruption."""
     tmp, _, cfg = setup
     out = tmp / "straight_w2"
-    check(run_train(cfg, out, nproc=2, overrides=["batch.micro_batch_size=2"]))
+    # Held-out loss + samples every 4 steps: evaluation must not disturb training, so the
+    # resumed runs below (which evaluate at other moments or not at all) still match it exactly.
+    check(run_train(cfg, out, nproc=2, overrides=[
+        "batch.micro_batch_size=2", "eval.every=4", f"eval.heldout={setup[1]['heldout']}", "eval.samples=1",
+        "eval.max_new_tokens=4"]))
     return out
 
 
@@ -193,3 +197,34 @@ def test_fine_tuning_init_from_a_checkpoint_loads_every_shard(setup, straight_w1
     assert start.keys() == end.keys() and all(torch.equal(start[k], end[k]) for k in start)
     fresh_first_loss = rows(straight_w1)[0]["loss"]
     assert rows(out)[0]["loss"] < fresh_first_loss - 0.2
+
+
+def test_heldout_loss_over_two_ranks_matches_a_direct_computation(setup, straight_w2):
+    """Oracle: the exported model on one process, each held-out example on its own, loss over the
+    response tokens (+ EOS) only, the sequence cut at max_len = 64 as the data contract says."""
+    import json
+
+    import torch.nn.functional as F
+
+    from data.prompts import format_prompt
+    from model.checkpoint import load_model
+    from model.tokenizer import Tokenizer
+
+    _, assets, _ = setup
+    logged = [json.loads(x) for x in (straight_w2 / "metrics.jsonl").read_text().splitlines()]
+    final_eval = [r for r in logged if "eval_loss" in r and r["step"] == 8][0]
+    model, tok = load_model(straight_w2 / "final"), Tokenizer(assets["tokenizer"])
+    total, count = 0.0, 0
+    for rec in json.loads(Path(assets["heldout"]).read_text()):
+        prompt = [tok.bos_id] + tok.encode(format_prompt(rec, "alpaca"))
+        seq = (prompt + tok.encode(rec["output"]) + [tok.eos_id])[:64]
+        if len(prompt) >= 64:
+            continue
+        with torch.no_grad():
+            logits = model(torch.tensor([seq[:-1]]))[0]  # (T - 1, vocab)
+        first = len(prompt) - 1  # logits at first predict the first response token
+        targets = torch.tensor(seq[first + 1:])
+        total += float(F.cross_entropy(logits[first:], targets, reduction="sum"))
+        count += len(targets)
+    assert final_eval["eval_targets"] == count
+    assert final_eval["eval_loss"] == pytest.approx(total / count, rel=1e-5)

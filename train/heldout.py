@@ -16,18 +16,15 @@ from train.parallel import all_reduce_sum
 def heldout_loss(model: torch.nn.Module, loader, max_batches: int, device: torch.device) -> dict[str, float]:
     """Token-level mean CE over the held-out set (summed over ranks, divided by all targets)."""
     model.eval()
-    n = loader.micro_batches_per_epoch()
-    if max_batches > 0:
-        n = min(n, max_batches)
     loss_sum, targets = 0.0, 0
-    batches = iter(loader)
-    for _ in range(n):
-        b = next(batches)
+    # one_pass(): every held-out example once, the same number of batches on every rank.
+    for i, b in enumerate(loader.one_pass()):
+        if max_batches > 0 and i >= max_batches:
+            break
         logits = model(b["tokens"].to(device), _opt(b["positions"], device), _opt(b["document_ids"], device))
         loss_sum += float(F.cross_entropy(logits.float().flatten(0, 1), b["labels"].to(device).flatten(),
                                           ignore_index=IGNORE_INDEX, reduction="sum"))
         targets += b["num_targets"]
-    loader.load_state_dict({**loader.state_dict(), "epoch": 0, "units_consumed": 0})  # same set next time
     total, count = all_reduce_sum([loss_sum, targets], device)
     model.train()
     return {"eval_loss": total / max(count, 1), "eval_targets": count}
