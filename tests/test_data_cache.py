@@ -3,7 +3,6 @@ the same whether built serially, in parallel, or by rank 0 for everyone."""
 
 import json
 import os
-import socket
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -75,13 +74,13 @@ def test_parallel_build_equals_serial_build(tmp_path):
     assert serial.record_index.tolist() == list(range(100))
 
 
-def _rank_main(rank, port, path, cdir, out):
+def _rank_main(rank, rendezvous, path, cdir, out):
     import time
 
     import torch.distributed as dist
 
     os.environ.update(LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     if rank == 1:  # a non-builder must never tokenize; it waits and reads what rank 0 wrote
         cache.encode_all = lambda *a, **k: (_ for _ in ()).throw(AssertionError("rank 1 tokenized"))
     else:
@@ -94,11 +93,8 @@ def _rank_main(rank, port, path, cdir, out):
 @pytest.mark.slow
 def test_rank_zero_builds_and_the_others_wait(tmp_path):
     path, cdir = _write(tmp_path), str(tmp_path / "c")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     ctx = get_context("spawn")
-    procs = [ctx.Process(target=_rank_main, args=(r, port, path, cdir, str(tmp_path / "out"))) for r in (0, 1)]
+    procs = [ctx.Process(target=_rank_main, args=(r, str(tmp_path / "pg"), path, cdir, str(tmp_path / "out"))) for r in (0, 1)]
     for p in procs:
         p.start()
     for p in procs:
