@@ -11,6 +11,7 @@ import json
 import shutil
 
 import pytest
+import sentencepiece as spm
 import torch
 from hf_reference import (
     hf_config,
@@ -23,7 +24,7 @@ from hf_reference import (
     write_meta_checkpoint,
 )
 from safetensors.torch import load_file, save_file
-from transformers import LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from model.checkpoint import load_model, load_state_dict
 from tools.convert import main as convert
@@ -87,6 +88,15 @@ def test_to_hf_output_loads_in_transformers_with_the_same_logits(project_ckpt, t
         diff = max_abs_diff(hf(tokens).logits, load_model(project_ckpt)(tokens))
     print(f"\nPARITY to-hf (GQA + llama3 rope): max|dlogit| = {diff:.3e}")
     assert diff <= TOL
+
+
+def test_to_hf_tokenizer_loads_with_autotokenizer_and_encodes_like_sentencepiece(project_ckpt, tmp_path, spm_model):
+    assert convert(["to-hf", str(project_ckpt), str(tmp_path / "hf")]) == 0
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    sp = spm.SentencePieceProcessor(model_file=str(spm_model))
+    for text in ["the quick brown fox, the lazy dog.", "안녕하세요 세계", "alpaca 모델 데이터 123"]:
+        assert hf_tok(text).input_ids == [1] + sp.encode(text)
+        assert hf_tok.decode(hf_tok(text).input_ids, skip_special_tokens=True) == text
 
 
 def test_to_hf_shards_above_max_shard_size_and_ties_embeddings(tmp_path):

@@ -36,6 +36,9 @@ CONFIGS = {
     "llama3.1-rope-scaling": dict(num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
                                   rope_scaling=LLAMA31_ROPE),
     "tied-embeddings": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    # deeper and wider, to see that the difference does not grow out of bounds with size
+    "gqa-dim256-4layers": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                               num_attention_heads=8, num_key_value_heads=2, vocab_size=1000),
 }
 
 

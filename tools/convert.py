@@ -37,6 +37,7 @@ from tools.convert_hf import (
     args_from_hf_config,
     from_hf_name,
     hf_config_from_args,
+    hf_tokenizer_config,
     hf_weight_files,
     iter_hf_tensors,
     load_pth,
@@ -112,6 +113,9 @@ _CAT_DIM = {"attention.wq": 0, "attention.wk": 0, "attention.wv": 0, "feed_forwa
             "feed_forward.w3": 0, "output": 0, "attention.wo": 1, "feed_forward.w2": 1}
 _REPLICATED = ("attention_norm.weight", "ffn_norm.weight", "norm.weight")
 _SHARD_RE = re.compile(r"consolidated\.(\d+)\.pth")
+# params.json keys of Meta's llama-models releases whose ModelArgs field is named differently here.
+_PARAM_ALIASES = {"rope_scaling_factor": "rope_scale_factor", "high_freq_factor": "rope_high_freq_factor",
+                  "low_freq_factor": "rope_low_freq_factor"}
 
 
 def meta_shards(src: Path) -> list[Path]:
@@ -161,6 +165,9 @@ def convert_meta(src: Path, dst: Path, tokenizer: str | None, dtype: torch.dtype
             raise ConvertError(f"{shards[0]}: tensor 'tok_embeddings.weight' is missing")
         split = cat_dim("tok_embeddings.weight", tuple(emb.shape), params["dim"], n)
         params["vocab_size"] = emb.shape[0] * (n if split == 0 else 1)
+    for meta_name, ours in _PARAM_ALIASES.items():
+        if meta_name in params:
+            params[ours] = params.pop(meta_name)
     if max_seq_len is not None:
         params["max_seq_len"] = max_seq_len
     elif "max_seq_len" not in params and params["vocab_size"] >= 128000:  # Llama 3 / 3.1 context
@@ -269,7 +276,7 @@ def convert_to_hf(src: Path, dst: Path, dtype: torch.dtype | None, max_shard_byt
     except CheckpointError as e:
         raise ConvertError(str(e)) from None
     tok_src = src / "tokenizer.model"
-    bos = eos = None
+    bos = eos = sp = None
     if tok_src.is_file():
         check_tokenizer(tok_src, args.vocab_size)
         try:
@@ -327,6 +334,9 @@ def convert_to_hf(src: Path, dst: Path, dtype: torch.dtype | None, max_shard_byt
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         if tok_src.is_file():
             shutil.copyfile(tok_src, tmp / "tokenizer.model")
+        if sp is not None:
+            tok_cfg = hf_tokenizer_config(sp, args.max_seq_len)
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
         commit_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -210,6 +210,24 @@ def hf_config_from_args(args: ModelArgs, dtype: torch.dtype, bos_id: int | None,
     return cfg
 
 
+def hf_tokenizer_config(sp, max_seq_len: int) -> dict:
+    """tokenizer_config.json for a sentencepiece model. Without it AutoTokenizer falls back to a
+    generic tokenizer that adds no BOS and drops the word-boundary prefix; with it, it builds
+    LlamaTokenizer, whose ids equal sentencepiece's (plus BOS) as in Meta's HF releases."""
+    return {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": sp.id_to_piece(sp.bos_id()),
+        "eos_token": sp.id_to_piece(sp.eos_id()),
+        "unk_token": sp.id_to_piece(sp.unk_id()),
+        "pad_token": None,  # LLaMA has none; see docs/DESIGN.md "Padding policy"
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": False,
+        "clean_up_tokenization_spaces": False,  # else decode() rewrites " ," as ","
+        "model_max_length": max_seq_len,
+    }
+
+
 # ------------------------------------------------------------------ reading HF weight files
 def load_pth(path: Path) -> dict[str, torch.Tensor]:
     """torch.load without executing pickled code (weights_only), memory-mapped when the file is
