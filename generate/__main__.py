@@ -1,0 +1,59 @@
+"""`python -m generate --config FILE [dotted.key=value ...]`: run or resume a generation.
+
+Exit status: 0 when the run finished or stopped at a budget it was given (max_cost_usd,
+max_requests), 1 when it had to stop early (the server stayed unreachable past the retry
+budget; kept work is saved), 2 for bad input (config, seeds, missing or rejected API key),
+130 on Ctrl-C (kept work is saved). Errors are one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from generate.config import load_config
+from generate.errors import UserError
+
+
+def _api_key(config) -> str:
+    """The key comes from the environment only; a local server without auth gets a dummy."""
+    key = os.environ.get(config.api_key_env, "").strip()
+    if key:
+        return key
+    if config.base_url:
+        return "not-needed"
+    raise UserError(f"no API key: set {config.api_key_env} in the environment (export "
+                    f"{config.api_key_env}=sk-...), or point base_url at an OpenAI-compatible server "
+                    f"(python -m generate --config FILE base_url=http://localhost:8000/v1)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="YAML config (see configs/self_instruct.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. lang=ko")
+    args = parser.parse_args(argv)
+    try:
+        from generate.pipeline import Generator  # imported late: --help stays fast
+
+        config = load_config(args.config, args.overrides)
+        result = Generator(config, _api_key(config)).run()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: kept work is saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    summary = {"kept": len(result.kept), "stop_reason": result.stop_reason,
+               "rejected": dict(result.rejected), **result.usage, "output_dir": config.output_dir}
+    print(json.dumps(summary, ensure_ascii=False))
+    if result.stop_reason.startswith("stopped early"):
+        print(f"error: {result.stop_reason}; kept work saved in {config.output_dir}; run again to resume",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The self-instruct loop: prompt -> model -> parse -> filter -> ROUGE-L dedup -> Alpaca JSON.
+
+Requests go out in rounds of `concurrency` batches. Every prompt of a round is built from the
+state at the start of the round (batch b's examples come from an RNG seeded with (seed, b) and
+from the instructions kept before b's round), and responses are decided in batch order. So the
+output depends only on the seed and the server's answers, not on which request finished first,
+and a run resumed from its journal after a crash ends exactly where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from generate.client import Completion, ModelClient
+from generate.config import GenerateConfig, config_to_dict
+from generate.dedup import RougeDedup
+from generate.encode import build_prompt
+from generate.errors import StopRun, UserError
+from generate.filters import filter_reason
+from generate.journal import Journal, atomic_write_text
+from generate.parse import parse_response
+from generate.seeds import Task, load_seed_tasks
+
+
+@dataclass
+class Kept:
+    task: Task
+    batch: int
+    most_similar: list = field(default_factory=list)  # [[instruction, score], ...]
+    avg_similarity: float = 0.0
+
+
+@dataclass
+class RunResult:
+    kept: list[Kept]
+    rejected: Counter
+    stop_reason: str
+    usage: dict
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Generator:
+    """One run; `run()` resumes from the journal in `output_dir` when there is one."""
+
+    def __init__(self, config: GenerateConfig, api_key: str, client: ModelClient | None = None) -> None:
+        self.config = config
+        self.out = Path(config.output_dir)
+        self.seeds = load_seed_tasks(config.seed_tasks)
+        try:
+            self.template = config.prompt_path().read_text(encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"{config.prompt_path()}: cannot read prompt template ({e.strerror})") from None
+        self.client = client or ModelClient(config, api_key)
+        self.dedup = RougeDedup(config.dedup.threshold, config.dedup.workers, config.dedup.top_k,
+                                config.dedup.avg_sample)
+        self.kept: list[Kept] = []
+        self.rejected: Counter = Counter()
+        self.tokens = {"prompt": 0, "completion": 0}
+        self.bar = None
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def _header(self) -> dict:
+        """Settings that determine the output; a resume must match them."""
+        c = self.config
+        settings = {
+            "lang": c.lang, "api": c.api, "model": c.model, "seed": c.seed,
+            "seed_tasks_sha256": _sha(json.dumps([t.to_alpaca() for t in self.seeds], ensure_ascii=False)),
+            "prompt_sha256": _sha(self.template), "num_prompt_instructions": c.num_prompt_instructions,
+            "tasks_per_request": c.tasks_per_request, "machine_ratio": c.machine_ratio,
+            "concurrency": c.concurrency, "threshold": c.dedup.threshold,
+            "filters": config_to_dict(c)["filters"],
+            "sampling": [c.request.temperature, c.request.top_p, c.request.stop],
+        }
+        return json.loads(json.dumps(settings))
+
+    def _prompt(self, batch: int) -> str:
+        c = self.config
+        rng = random.Random(f"{c.seed}:{batch}")
+        round_start = batch - batch % c.concurrency
+        machine = [k.task for k in self.kept if k.batch < round_start]
+        n_machine = sum(rng.random() < c.machine_ratio for _ in range(c.num_prompt_instructions))
+        n_machine = min(n_machine, len(machine))
+        n_seed = min(c.num_prompt_instructions - n_machine, len(self.seeds))
+        examples = rng.sample(self.seeds, n_seed) + rng.sample(machine, n_machine)
+        rng.shuffle(examples)
+        return build_prompt(self.template, examples, c.lang, c.tasks_per_request)
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    def _decide(self, batch: int, completion: Completion, next_number: int, journal: Journal) -> None:
+        """Parse, filter and dedup one response; every candidate is journaled as it is decided."""
+        c = self.config
+        parsed = parse_response(completion.text, completion.finish_reason, next_number)
+        self.rejected.update(parsed.dropped)
+        for i, task in enumerate(parsed.tasks):
+            record = {"type": "candidate", "batch": batch, "i": i, **task.to_alpaca()}
+            reason = filter_reason(task, c.lang, c.filters.min_words, c.filters.max_words,
+                                   c.filters.require_hangul)
+            decision = None
+            if reason is None:
+                decision = self.dedup.check(task.instruction)
+                if not decision.accepted:
+                    reason = "rouge_similar"
+                    record.update(score=round(decision.score, 6), similar_to=self.dedup.texts[decision.match])
+            if reason is not None:
+                self.rejected[reason] += 1
+                journal.append({**record, "status": "rejected", "reason": reason})
+                continue
+            similar = [[self.dedup.texts[j], round(s, 6)] for j, s in decision.most_similar]
+            avg = round(decision.avg_similarity, 6)
+            self.dedup.add(task.instruction, decision.tokens)
+            self.kept.append(Kept(task, batch, similar, avg))
+            journal.append({**record, "status": "kept", "most_similar": similar, "avg_similarity": avg})
+        journal.append({"type": "batch_end", "batch": batch, "dropped": dict(parsed.dropped)}, sync=True)
+
+    def _replay_batch(self, batch: int, lines: list[dict]) -> None:
+        """Restore a completed batch from the journal without recomputing it."""
+        for rec in lines:
+            if rec["type"] == "response":
+                self.tokens["prompt"] += rec["prompt_tokens"]
+                self.tokens["completion"] += rec["completion_tokens"]
+            elif rec["type"] == "candidate" and rec["status"] == "kept":
+                task = Task(rec["instruction"], rec["input"], rec["output"])
+                self.dedup.add(task.instruction)
+                self.kept.append(Kept(task, batch, rec["most_similar"], rec["avg_similarity"]))
+            elif rec["type"] == "candidate":
+                self.rejected[rec["reason"]] += 1
+            elif rec["type"] == "batch_end":
+                self.rejected.update(rec.get("dropped", {}))
+
+    # -- accounting ----------------------------------------------------------------------------
+
+    def cost_usd(self) -> float:
+        price = self.config.prices.get(self.config.model)
+        if price is None:
+            return 0.0
+        return (self.tokens["prompt"] * price.input_per_1m + self.tokens["completion"] * price.output_per_1m) / 1e6
+
+    def _show(self) -> None:
+        if self.bar is None:
+            return
+        self.bar.n = min(len(self.kept), self.config.num_instructions)
+        reasons = ",".join(f"{k}={v}" for k, v in self.rejected.most_common())
+        self.bar.set_postfix_str(f"rejected[{reasons}] tokens={sum(self.tokens.values())} "
+                                 f"cost=${self.cost_usd():.4f}")
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _stop_reason(self, batch: int, stalled: int) -> str | None:
+        c = self.config
+        if len(self.kept) >= c.num_instructions:
+            return "done"
+        if c.max_cost_usd is not None and self.cost_usd() >= c.max_cost_usd:
+            return f"max_cost_usd reached (${self.cost_usd():.4f} >= ${c.max_cost_usd})"
+        if c.max_requests is not None and batch >= c.max_requests:
+            return f"max_requests reached ({c.max_requests})"
+        if stalled >= c.stall_rounds:
+            return f"no instruction kept in {stalled} rounds in a row"
+        return None
+
+    def run(self) -> RunResult:
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        journal = Journal(self.out / "journal.jsonl")
+        replay = journal.open(self._header())
+        for seed in self.seeds:  # seeds are in the dedup pool from the start, as in Alpaca
+            self.dedup.add(seed.instruction)
+        for b in sorted(replay.batches):
+            self._replay_batch(b, replay.batches[b])
+        batch = len(replay.batches)
+        pending = replay.pending_responses
+        if c.progress:
+            self.bar = tqdm(total=c.num_instructions, desc="kept", file=sys.stderr, dynamic_ncols=True)
+            self._show()
+        stop, stalled, error = None, 0, None
+        pool = ThreadPoolExecutor(max_workers=c.concurrency)
+        try:
+            while (stop := self._stop_reason(batch, stalled)) is None:
+                round_end = batch - batch % c.concurrency + c.concurrency
+                prompts = {b: self._prompt(b) for b in range(batch, round_end)}
+                kept_before = len(self.kept)
+                completions: dict[int, Completion] = {}
+                futures = {}
+                for b, prompt in prompts.items():
+                    saved = pending.pop(b, None)
+                    if saved is not None and saved.get("prompt_sha256") == _sha(prompt):
+                        completions[b] = Completion(saved["text"], saved["finish_reason"],
+                                                    saved["prompt_tokens"], saved["completion_tokens"])
+                    else:
+                        futures[pool.submit(self.client.complete, prompt)] = b
+                # Journal each response the moment it arrives: it has been paid for.
+                not_done = set(futures)
+                while not_done:
+                    done, not_done = wait(not_done, return_when="FIRST_COMPLETED")
+                    for fut in done:
+                        b = futures[fut]
+                        try:
+                            comp = fut.result()
+                        except StopRun as e:
+                            error = error or e
+                            continue
+                        completions[b] = comp
+                        self.tokens["prompt"] += comp.prompt_tokens
+                        self.tokens["completion"] += comp.completion_tokens
+                        journal.append({"type": "response", "batch": b, "prompt_sha256": _sha(prompts[b]),
+                                        "text": comp.text, "finish_reason": comp.finish_reason,
+                                        "prompt_tokens": comp.prompt_tokens,
+                                        "completion_tokens": comp.completion_tokens})
+                        self._show()
+                # Decide in batch order, up to the first batch whose request failed.
+                for b in range(batch, round_end):
+                    if b not in completions:
+                        break
+                    self._decide(b, completions[b], c.num_prompt_instructions + 1, journal)
+                    batch = b + 1
+                    self._show()
+                if error is not None:
+                    raise error
+                stalled = stalled + 1 if len(self.kept) == kept_before else 0
+        except StopRun as e:
+            stop = f"stopped early: {e}"
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            journal.close()
+            self.dedup.close()
+            if self.bar is not None:
+                self._show()
+                self.bar.close()
+            self.write_outputs(stop or "interrupted")
+        return RunResult(self.kept[:c.num_instructions], self.rejected, stop,
+                         {**self.client.usage.as_dict(), "journal_prompt_tokens": self.tokens["prompt"],
+                          "journal_completion_tokens": self.tokens["completion"],
+                          "cost_usd": round(self.cost_usd(), 6)})
+
+    def write_outputs(self, stop_reason: str) -> None:
+        """alpaca_data.json (the first num_instructions kept, in order) and metadata.json, both
+        written atomically so a reader never sees half a file."""
+        kept = self.kept[:self.config.num_instructions]
+        data = [k.task.to_alpaca() for k in kept]
+        atomic_write_text(self.out / "alpaca_data.json", json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+        meta = {
+            "stop_reason": stop_reason,
+            "kept": len(data), "kept_total": len(self.kept), "rejected": dict(self.rejected),
+            "tokens": dict(self.tokens), "cost_usd": round(self.cost_usd(), 6),
+            "config": config_to_dict(self.config),
+            "records": [{"instruction": k.task.instruction, "most_similar_instructions": dict(k.most_similar),
+                         "avg_similarity_score": k.avg_similarity} for k in kept],
+        }
+        atomic_write_text(self.out / "metadata.json", json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
