@@ -126,9 +126,12 @@ def prepare_data(cfg: TrainConfig, info: parallel.DistInfo) -> None:
     cfg.eval.heldout = cfg.eval.heldout or assets["heldout"]
 
 
-def real_tokens(labels: torch.Tensor) -> int:
-    """Non-padding inputs: rows are right-padded and every example ends with a target (its EOS),
-    so a row's real length is 1 + the index of its last target."""
+def real_tokens(batch: dict) -> int:
+    """Non-padding input tokens (the loader counts them; rows are right-padded and end with a
+    target, so 1 + the index of a row's last target is the fallback)."""
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"])
+    labels = batch["labels"]
     has = labels != IGNORE_INDEX  # (B, T)
     idx = torch.arange(labels.shape[1]).expand_as(labels)
     return int(torch.where(has, idx + 1, 0).amax(dim=1).sum())
@@ -211,7 +214,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         micro_batches = [next(batches) for _ in range(accum)]
         # The step's loss is sum(token CE) / (targets in the whole step, all ranks): count first.
         local_targets = sum(b["num_targets"] for b in micro_batches)
-        local_tokens = sum(real_tokens(b["labels"]) for b in micro_batches)
+        local_tokens = sum(real_tokens(b) for b in micro_batches)
         step_targets, step_tokens = parallel.all_reduce_sum([local_targets, local_tokens], info.device)
 
         loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
@@ -259,7 +262,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         # ------------------------------------------------------------ logging
         seq_len = micro_batches[0]["tokens"].shape[1]
         row = {"step": step, "epoch": loader.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-               "tokens": int(step_tokens), "targets": int(step_targets), "skipped": skipped,
+               "tokens": int(step_tokens), "targets": int(step_targets), "seq_len": seq_len, "skipped": skipped,
                **throughput.measure(step_time, step_tokens, seq_len, total_steps - step)}
         logger.log_step(row, total_steps, print_line=step % cfg.log.every == 0 or step in (1, total_steps))
         if nonfinite_in_a_row > cfg.max_nonfinite:
