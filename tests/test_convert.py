@@ -233,3 +233,15 @@ def test_existing_destination_is_not_overwritten_without_force(project_ckpt, tmp
     assert (dst / "keep.txt").read_text() == "mine"
     assert convert(["to-hf", str(project_ckpt), str(dst), "--force"]) == 0
     assert (dst / "model.safetensors").is_file() and not (dst / "keep.txt").exists()
+
+
+def test_corrupt_weight_files_are_one_line_errors(project_ckpt, tmp_path, capsys):
+    hf = random_hf_llama(hf_config())
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage")
+    _assert_rejected(capsys, ["hf", str(tmp_path / "hf"), str(tmp_path / "out")], tmp_path / "out",
+                     "model.safetensors")
+    broken = tmp_path / "proj"
+    shutil.copytree(project_ckpt, broken)
+    (broken / "model.safetensors").write_bytes(b"\xff" * 64)
+    _assert_rejected(capsys, ["to-hf", str(broken), str(tmp_path / "out2")], tmp_path / "out2")

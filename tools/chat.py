@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from data.prompts import TEMPLATES, format_prompt
 from model.checkpoint import CheckpointError, load_args, load_model
@@ -77,6 +78,8 @@ def load(ckpt: Path, tokenizer_path: Path | None, device: str, dtype: torch.dtyp
         model = load_model(ckpt, device=device, dtype=dtype)
     except CheckpointError as e:
         raise ChatError(str(e)) from None
+    except SafetensorError as e:  # load_model names the file in its own errors, not in this one
+        raise ChatError(f"{ckpt}: a weight file is not readable safetensors ({e})") from None
     return model, tokenizer
 
 

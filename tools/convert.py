@@ -25,6 +25,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -389,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             out = convert_to_hf(a.src, a.dst, dtype, a.max_shard_size)
     except (ConvertError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (SafetensorError, OSError) as e:  # a corrupt project checkpoint (to-hf), a full disk
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     if not (out / "tokenizer.model").is_file():
         print(f"warning: no tokenizer.model found for {a.src} (looked in SRC and SRC/..); {out} has none: "

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from model.args import ModelArgs
 
@@ -278,7 +278,11 @@ def iter_hf_tensors(files: dict[Path, list[str] | None]) -> Iterator[tuple[Path,
     """Yield (file, HF name, tensor) one at a time; safetensors files are memory-mapped."""
     for path, promised in files.items():
         if path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as f:
+            try:
+                f = safe_open(str(path), framework="pt")
+            except SafetensorError as e:
+                raise ConvertError(f"{path}: not a readable safetensors file ({e})") from None
+            with f:
                 present = list(f.keys())
                 for name in promised or present:
                     if name not in present:
