@@ -123,6 +123,19 @@ def test_meta_finds_the_tokenizer_one_level_up_like_llama2_downloads(tmp_path, s
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["vocab_size"] == 400
 
 
+def test_legacy_non_zip_pth_files_are_read_without_mmap(tmp_path):
+    """torch.save(_use_new_zipfile_serialization=False) files cannot be memory-mapped: read instead."""
+    hf = random_hf_llama(hf_config(num_attention_heads=8, num_key_value_heads=8))
+    src = tmp_path / "meta"
+    src.mkdir()
+    torch.save(meta_state_dict(hf), src / "consolidated.00.pth", _use_new_zipfile_serialization=False)
+    (src / "params.json").write_text(json.dumps(LLAMA2_PARAMS))
+    assert convert(["meta", str(src), str(tmp_path / "ckpt")]) == 0
+    tokens = _tokens(256)
+    with torch.no_grad():
+        assert max_abs_diff(load_model(tmp_path / "ckpt")(tokens), hf(tokens).logits) <= TOL
+
+
 # ------------------------------------------------------------------ bad input
 def _meta_src(tmp_path, n_shards=2, **param_overrides):
     hf = random_hf_llama(hf_config(num_attention_heads=8, num_key_value_heads=8))

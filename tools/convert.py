@@ -85,16 +85,16 @@ def check_tokenizer(path: Path | None, vocab_size: int) -> None:
                            f"{vocab_size} rows (vocab_size): tokenizer and model do not match")
 
 
-def find_tokenizer(src: Path, explicit: str | None, also: tuple[str, ...] = ()) -> Path | None:
-    """--tokenizer if given, else tokenizer.model in SRC or (Meta's Llama 2 layout) SRC/.."""
+def find_tokenizer(src: Path, explicit: str | None, candidates: tuple[str, ...]) -> Path | None:
+    """--tokenizer if given, else the first of `candidates` (paths relative to SRC) that exists."""
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
             raise ConvertError(f"{path}: tokenizer file not found")
         return path
-    for cand in (src / "tokenizer.model", *(src / a for a in also), src.parent / "tokenizer.model"):
-        if cand.is_file():
-            return cand
+    for cand in candidates:
+        if (src / cand).is_file():
+            return (src / cand).resolve()
     return None  # main() warns after a successful conversion (errors stay one line)
 
 
@@ -143,6 +143,45 @@ def cat_dim(name: str, part_shape: tuple[int, ...], dim: int, n_shards: int) -> 
     return _CAT_DIM[key.split(".", 2)[2] if key.startswith("layers.") else key]
 
 
+def plan_merge(shards: list[Path], states: list[dict[str, torch.Tensor]],
+               expected: dict[str, tuple[int, ...]], dim: int) -> list[tuple[str, int | None]]:
+    """(name, concat dim) for every tensor to write, after checking every name and merged shape
+    from the shard metadata alone: nothing is written when any of them is wrong."""
+    n = len(shards)
+    plan: list[tuple[str, int | None]] = []
+    for name, t0 in states[0].items():
+        if name == "rope.freqs":  # a precomputed buffer; the model recomputes it
+            continue
+        if name not in expected:
+            raise ConvertError(f"{shards[0]}: unknown tensor '{name}' (not part of a model with this params.json)")
+        for path, sd in zip(shards, states, strict=True):
+            if name not in sd:
+                raise ConvertError(f"{path}: tensor '{name}' is missing (present in {shards[0].name})")
+            if sd[name].shape != t0.shape:
+                raise ConvertError(f"{path}: tensor '{name}' has shape {tuple(sd[name].shape)}, "
+                                   f"{shards[0].name} has {tuple(t0.shape)}")
+        d = cat_dim(name, tuple(t0.shape), dim, n)
+        merged = list(t0.shape)
+        if d is not None:
+            merged[d] *= n
+        if tuple(merged) != expected[name]:
+            where = shards[0] if n == 1 else f"{shards[0]} (merged over {n} shards)"
+            short = [e // m for m, e in zip(merged, expected[name], strict=False) if m != e and m and e % m == 0]
+            hint = " (is a model-parallel shard missing?)" if short and max(short) > 1 else ""
+            raise ConvertError(f"{where}: tensor '{name}' has shape {tuple(merged)}, "
+                               f"params.json implies {expected[name]}{hint}")
+        plan.append((name, d))
+    missing = sorted(set(expected) - {name for name, _ in plan})
+    if missing:
+        raise ConvertError(f"{shards[0]}: tensor '{missing[0]}' is missing"
+                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    for path, sd in zip(shards[1:], states[1:], strict=True):
+        extra = sorted(set(sd) - set(states[0]))
+        if extra:
+            raise ConvertError(f"{path}: unknown tensor '{extra[0]}' (absent from {shards[0].name})")
+    return plan
+
+
 def convert_meta(src: Path, dst: Path, tokenizer: str | None, dtype: torch.dtype | None,
                  max_seq_len: int | None) -> Path:
     params_path = src / "params.json"
@@ -152,15 +191,15 @@ def convert_meta(src: Path, dst: Path, tokenizer: str | None, dtype: torch.dtype
         params = json.loads(params_path.read_text())
     except json.JSONDecodeError as e:
         raise ConvertError(f"{params_path}: invalid JSON ({e})") from None
-    shards = meta_shards(src)
-    tok_path = find_tokenizer(src, tokenizer)
-    states = [load_pth(p) for p in _progress(shards, desc="loading shards", unit="shard")]
-    n = len(shards)
-
     for key in ("dim", "n_layers", "n_heads"):
         if key not in params:
             raise ConvertError(f"{params_path}: required key '{key}' is missing")
-    if params.get("vocab_size", -1) <= 0:  # LLaMA 1/2 params.json say -1: the tokenizer decides
+    shards = meta_shards(src)
+    # Meta's Llama 2 download keeps tokenizer.model beside the model directories, one level up
+    tok_path = find_tokenizer(src, tokenizer, ("tokenizer.model", "../tokenizer.model"))
+    states = [load_pth(p) for p in _progress(shards, desc="loading shards", unit="shard")]
+    n = len(shards)
+    if params.get("vocab_size", -1) <= 0:  # LLaMA 1/2 params.json say -1: the embedding's rows decide
         emb = states[0].get("tok_embeddings.weight")
         if emb is None:
             raise ConvertError(f"{shards[0]}: tensor 'tok_embeddings.weight' is missing")
@@ -180,38 +219,7 @@ def convert_meta(src: Path, dst: Path, tokenizer: str | None, dtype: torch.dtype
     check_tokenizer(tok_path, args.vocab_size)
     expected = expected_shapes(args)
 
-    # Validate every name and merged shape from metadata alone, before writing anything.
-    plan: list[tuple[str, int | None]] = []
-    for name, t0 in states[0].items():
-        if name == "rope.freqs":  # a precomputed buffer; the model recomputes it
-            continue
-        if name not in expected:
-            raise ConvertError(f"{shards[0]}: unknown tensor '{name}' (not part of a model with this params.json)")
-        for path, sd in zip(shards, states, strict=True):
-            if name not in sd:
-                raise ConvertError(f"{path}: tensor '{name}' is missing (present in {shards[0].name})")
-            if sd[name].shape != t0.shape:
-                raise ConvertError(f"{path}: tensor '{name}' has shape {tuple(sd[name].shape)}, "
-                                   f"{shards[0].name} has {tuple(t0.shape)}")
-        d = cat_dim(name, tuple(t0.shape), args.dim, n)
-        merged = list(t0.shape)
-        if d is not None:
-            merged[d] *= n
-        if tuple(merged) != expected[name]:
-            where = shards[0] if n == 1 else f"{shards[0]} (merged over {n} shards)"
-            short = [e // m for m, e in zip(merged, expected[name], strict=False) if m != e and m and e % m == 0]
-            hint = " (is a model-parallel shard missing?)" if short and max(short) > 1 else ""
-            raise ConvertError(f"{where}: tensor '{name}' has shape {tuple(merged)}, "
-                               f"params.json implies {expected[name]}{hint}")
-        plan.append((name, d))
-    missing = sorted(set(expected) - {name for name, _ in plan})
-    if missing:
-        raise ConvertError(f"{shards[0]}: tensor '{missing[0]}' is missing"
-                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    for path, sd in zip(shards[1:], states[1:], strict=True):
-        extra = sorted(set(sd) - set(states[0]))
-        if extra:
-            raise ConvertError(f"{path}: unknown tensor '{extra[0]}' (absent from {shards[0].name})")
+    plan = plan_merge(shards, states, expected, args.dim)
 
     def merged_tensors() -> Iterator[tuple[str, torch.Tensor]]:
         for name, d in _progress(plan, desc="merging", unit="tensor"):
@@ -239,8 +247,8 @@ def convert_hf(src: Path, dst: Path, tokenizer: str | None, dtype: torch.dtype |
         raise ConvertError(f"{cfg_path}: invalid JSON ({e})") from None
     args = args_from_hf_config(cfg, cfg_path)
     files = hf_weight_files(src)
-    # Meta's original files ship beside HF's in meta-llama repos as original/tokenizer.model
-    tok_path = find_tokenizer(src, tokenizer, also=("original/tokenizer.model",))
+    # meta-llama repos ship Meta's original files beside HF's, as original/tokenizer.model
+    tok_path = find_tokenizer(src, tokenizer, ("tokenizer.model", "original/tokenizer.model"))
     check_tokenizer(tok_path, args.vocab_size)
     expected = expected_shapes(args)
 
@@ -395,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     if not (out / "tokenizer.model").is_file():
-        print(f"warning: no tokenizer.model found for {a.src} (looked in SRC and SRC/..); {out} has none: "
+        print(f"warning: no tokenizer.model found for {a.src}; {out} has none: "
               "pass --tokenizer PATH or copy one in before using tools.chat", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0
