@@ -374,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: keep the source dtype)")
         s.add_argument("--force", action="store_true", help="replace DST if it exists")
         if fmt != "to-hf":
-            s.add_argument("--tokenizer", help="tokenizer.model when it is not in SRC or SRC/..")
+            s.add_argument("--tokenizer", help="tokenizer.model to copy (default: SRC/, then SRC/.. for meta, "
+                           "SRC/original/ for hf)")
         if fmt == "meta":
             s.add_argument("--max-seq-len", type=int,
                            help="context length to record (params.json has none; default 2048, Llama 3: 8192/131072)")
