@@ -126,6 +126,14 @@ def load_args(ckpt_dir: str | os.PathLike) -> ModelArgs:
         raise CheckpointError(f"{path}: {e}") from None
 
 
+def _open(fname: str):
+    """safe_open with the file named in the error (safetensors' own message omits it)."""
+    try:
+        return safe_open(fname, framework="pt")
+    except Exception as e:  # SafetensorError, OSError: a corrupt or truncated file
+        raise CheckpointError(f"{fname}: cannot read safetensors ({e})") from None
+
+
 def weight_files(ckpt_dir: str | os.PathLike) -> dict[str, list[str]]:
     """file path -> tensor names it should hold (from the index when sharded)."""
     d = Path(ckpt_dir)
@@ -139,7 +147,7 @@ def weight_files(ckpt_dir: str | os.PathLike) -> dict[str, list[str]]:
                 raise CheckpointError(f"{f}: shard listed in {d / INDEX_NAME} is missing")
         return files
     if (d / SINGLE_NAME).is_file():
-        with safe_open(str(d / SINGLE_NAME), framework="pt") as f:
+        with _open(str(d / SINGLE_NAME)) as f:
             return {str(d / SINGLE_NAME): list(f.keys())}
     raise CheckpointError(f"{d}: no {SINGLE_NAME} or {INDEX_NAME}")
 
@@ -147,7 +155,7 @@ def weight_files(ckpt_dir: str | os.PathLike) -> dict[str, list[str]]:
 def iter_tensors(ckpt_dir: str | os.PathLike) -> Iterator[tuple[str, str, torch.Tensor]]:
     """Yield (file, name, tensor) one tensor at a time (safetensors memory-maps the files)."""
     for fname, names in weight_files(ckpt_dir).items():
-        with safe_open(fname, framework="pt") as f:
+        with _open(fname) as f:
             present = set(f.keys())
             for name in names:
                 if name not in present:

@@ -20,7 +20,10 @@ class Tokenizer:
         self.path = str(path)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"{self.path}: tokenizer model not found")
-        self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        except (RuntimeError, OSError):
+            raise ValueError(f"{self.path}: not a sentencepiece model") from None
 
     @property
     def vocab_size(self) -> int:

@@ -90,3 +90,20 @@ def test_load_builds_on_meta_without_a_second_copy(tmp_path):
     assert all(p.device.type == "cpu" for p in loaded.parameters())
     assert not any(p.is_meta for p in loaded.parameters())
     assert os.path.isfile(out / "config.json")
+
+
+def test_corrupt_weights_file_is_named(tmp_path):
+    m = tiny_model()
+    out = save_checkpoint(m.state_dict(), m.args, tmp_path / "c")
+    (out / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CheckpointError, match="model.safetensors: cannot read safetensors"):
+        load_model(out)
+
+
+def test_non_sentencepiece_tokenizer_is_one_clear_error(tmp_path):
+    from model import Tokenizer
+
+    bad = tmp_path / "tokenizer.model"
+    bad.write_bytes(b"definitely not a protobuf")
+    with pytest.raises(ValueError, match="tokenizer.model: not a sentencepiece model"):
+        Tokenizer(bad)
