@@ -10,8 +10,9 @@ instruction exceeds the threshold, computed by rouge-score's own LCS), but:
   at most the size of their multiset intersection, so F = 2*LCS/(|a|+|b|) is at most
   2*|a ∩ b|/(|a|+|b|). The intersections against the whole pool come from an inverted index
   (token -> postings of (instruction id, count)) in a few numpy operations per token;
-- the exact LCS runs only on pairs whose bound exceeds the threshold, best bound first, and
-  stops at the first proof of a duplicate;
+- the exact LCS (bit-parallel, equal to rouge-score's, see generate/rouge.py) runs only on
+  pairs whose bound exceeds the threshold, best bound first, and stops at the first proof of a
+  duplicate;
 - when many pairs survive the bound, they are scored by one persistent worker pool, created
   once for the whole run.
 """
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from generate.rouge import rouge_l_f, tokenize
+from generate.rouge import LcsQuery, tokenize
 
 # The bound is computed in floats like rouge-score's F; never skip a pair whose bound is within
 # this margin of the threshold, so rounding can only cost an extra LCS, never a wrong decision.
@@ -48,7 +49,8 @@ class Decision:
 def _score_chunk(task: tuple[list[str], list[tuple[int, list[str]]]]) -> list[tuple[int, float]]:
     """Worker: exact ROUGE-L of one candidate against a chunk of pool members."""
     cand, members = task
-    return [(i, rouge_l_f(cand, toks)) for i, toks in members]
+    query = LcsQuery(cand)
+    return [(i, query.f(toks)) for i, toks in members]
 
 
 class RougeDedup:
@@ -114,26 +116,26 @@ class RougeDedup:
         idx = np.nonzero(bounds > floor - _MARGIN)[0]
         return idx[np.lexsort((idx, -bounds[idx]))]
 
-    def _exact(self, tokens: list[str], indices) -> list[tuple[int, float]]:
+    def _exact(self, query: LcsQuery, indices) -> list[tuple[int, float]]:
         """Exact scores for `indices`; through the persistent pool when there are many."""
         if self.workers > 0 and len(indices) >= self.parallel_min_pairs:
             pool = self._get_pool()
-            tasks = [(tokens, [(int(i), self.tokens[i]) for i in indices[s:s + self.chunk]])
+            tasks = [(query.tokens, [(int(i), self.tokens[i]) for i in indices[s:s + self.chunk]])
                      for s in range(0, len(indices), self.chunk)]
             return [pair for part in pool.map(_score_chunk, tasks) for pair in part]
-        return [(int(i), rouge_l_f(tokens, self.tokens[i])) for i in indices]
+        return [(int(i), query.f(self.tokens[i])) for i in indices]
 
-    def _first_duplicate(self, tokens: list[str], order: np.ndarray) -> tuple[int, float] | None:
+    def _first_duplicate(self, query: LcsQuery, order: np.ndarray) -> tuple[int, float] | None:
         """The first pool member (in bound order) scoring above the threshold, if any."""
         step = self.parallel_min_pairs if self.workers > 0 else len(order)
         step = max(step, 1)
         for s in range(0, len(order), step):
-            for i, score in self._exact(tokens, order[s:s + step]):
+            for i, score in self._exact(query, order[s:s + step]):
                 if score > self.threshold:
                     return i, score
         return None
 
-    def _top_k(self, tokens: list[str], bounds: np.ndarray) -> list[tuple[int, float]]:
+    def _top_k(self, query: LcsQuery, bounds: np.ndarray) -> list[tuple[int, float]]:
         """Exact top-k most similar members; stops once no remaining bound can enter the top k."""
         order = self._candidates(bounds, 0.0)
         heap: list[tuple[float, int]] = []  # min-heap of (score, -index)
@@ -141,7 +143,7 @@ class RougeDedup:
             block = order[s:s + 64]
             if len(heap) >= self.top_k and bounds[block[0]] < heap[0][0] - _MARGIN:
                 break
-            for i, score in self._exact(tokens, block):
+            for i, score in self._exact(query, block):
                 item = (score, -i)
                 if len(heap) < self.top_k:
                     heapq.heappush(heap, item)
@@ -149,14 +151,14 @@ class RougeDedup:
                     heapq.heapreplace(heap, item)
         return [(-neg, score) for score, neg in sorted(heap, reverse=True)]
 
-    def _avg_similarity(self, tokens: list[str]) -> float:
+    def _avg_similarity(self, query: LcsQuery) -> float:
         """Mean ROUGE-L F against the pool: exact up to `avg_sample` members, else an evenly
         spaced (deterministic) sample of that many, so the metadata costs O(1) per candidate."""
         n = len(self.texts)
         if n == 0 or self.avg_sample <= 0:
             return 0.0
         idx = range(n) if n <= self.avg_sample else np.linspace(0, n - 1, self.avg_sample).astype(int)
-        return float(np.mean([rouge_l_f(tokens, self.tokens[i]) for i in idx]))
+        return float(np.mean([query.f(self.tokens[i]) for i in idx]))
 
     def check(self, text: str, with_metadata: bool = True) -> Decision:
         """Is `text` a near-duplicate of a kept instruction? Does not add it (see `add`)."""
@@ -164,14 +166,15 @@ class RougeDedup:
         if not tokens or not self.texts:
             return Decision(accepted=True, tokens=tokens)
         bounds = self._bounds(tokens)
-        hit = self._first_duplicate(tokens, self._candidates(bounds, self.threshold))
+        query = LcsQuery(tokens)
+        hit = self._first_duplicate(query, self._candidates(bounds, self.threshold))
         if hit is not None:
             return Decision(accepted=False, tokens=tokens, score=hit[1], match=hit[0])
         decision = Decision(accepted=True, tokens=tokens)
         if with_metadata:
-            decision.most_similar = self._top_k(tokens, bounds)
+            decision.most_similar = self._top_k(query, bounds)
             decision.score = decision.most_similar[0][1] if decision.most_similar else 0.0
-            decision.avg_similarity = self._avg_similarity(tokens)
+            decision.avg_similarity = self._avg_similarity(query)
         return decision
 
     # -- the one persistent pool ---------------------------------------------------------------

@@ -84,6 +84,7 @@ class FakeOpenAI:
         self.delay_s = delay_s
         self.script: list[str] = []
         self.timeout_sleep_s = 1.0
+        self.die_after: int | None = None  # after this many answers, drop every connection
         self.requests = 0
         self.served = 0
         self.seen_auth: list[str] = []
@@ -134,6 +135,9 @@ class FakeOpenAI:
                 request = json.loads(self.rfile.read(length))
                 server.seen_auth.append(self.headers.get("Authorization", ""))
                 mode = server._next_mode()
+                if server.die_after is not None and server.served >= server.die_after:
+                    self.close_connection = True  # hang up without a response: a dead server
+                    return
                 if server.delay_s:
                     time.sleep(server.delay_s)
                 try:
