@@ -71,7 +71,7 @@ def test_alpaca_7b_config_is_the_stanford_recipe():
     assert (cfg.parallel.mixed_precision, cfg.parallel.fsdp, cfg.parallel.activation_checkpointing) == \
         ("bf16", "full", "full")
     assert cfg.parallel.tf32 and cfg.max_steps is None and cfg.model.init_from
-    for name in ("alpaca_13b.yaml", "llama2_7b.yaml", "tiny.yaml"):
+    for name in ("alpaca_13b.yaml", "llama2_7b.yaml", "tiny.yaml", "bench_1b.yaml"):
         load_config(CONFIGS / name)  # every shipped config is valid
 
 

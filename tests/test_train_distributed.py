@@ -93,6 +93,8 @@ def test_world_and_accumulation_splits_of_the_global_batch_train_identically(set
 
 
 def test_sigkilled_run_resumes_to_identical_rows_and_weights(setup, straight_w2):
+    """Killed after step 5 (checkpoint at 4): resumed on 2 ranks it is bit-identical to the
+    uninterrupted run; resumed on 1 rank with the same global batch it matches to fp32 noise."""
     tmp, _, cfg = setup
     out = tmp / "killed_w2"
     over = ["batch.micro_batch_size=2"]
@@ -100,6 +102,11 @@ def test_sigkilled_run_resumes_to_identical_rows_and_weights(setup, straight_w2)
     assert killed.returncode != 0
     assert max(r["step"] for r in rows(out)) == 5  # step 5 was logged, then the process died
     assert (out / "checkpoints" / "step_4").is_dir() and not (out / "final").exists()
+    # The same checkpoint resumed by one process with the whole batch (DCP reshards 2 -> 1).
+    elastic = tmp / "killed_w2_resumed_w1"
+    shutil.copytree(out, elastic)
+    check(run_train(cfg, elastic, nproc=1, overrides=["resume=auto"]))
+    assert_same_training(straight_w2, elastic, rtol=1e-5, atol=1e-6, weight_atol=2e-5)
     proc = check(run_train(cfg, out, nproc=2, overrides=[*over, "resume=auto"]))
     assert "at step 4" in proc.stdout
     assert rows(out) == rows(straight_w2)  # exact: the resumed run is bit-identical

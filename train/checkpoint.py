@@ -135,14 +135,17 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
-    """Restore model and optimizer shards in place; return this rank's train state."""
+    """Restore model and optimizer shards in place; return this rank's train state.
+
+    DCP reshards on load, and the data-loader state counts examples consumed by all ranks, so a
+    checkpoint also resumes on another number of ranks (keep the global batch: e.g. 8 GPUs x
+    accumulation 4 -> 4 GPUs x accumulation 8). Only the per-rank RNG states then do not carry
+    over (training itself draws no random numbers; they matter for dropout-like additions)."""
     part = path / f"train_state_rank{info.rank}.pt"
-    if not part.is_file():
-        raise ResumeError(f"resume: {part} missing: was the checkpoint written with another world size?")
-    train_state = torch.load(part, weights_only=True)
+    same_world = part.is_file()
+    train_state = torch.load(part if same_world else path / "train_state_rank0.pt", weights_only=True)
     if train_state["world_size"] != info.world_size:
-        raise ResumeError(f"resume: {path} was written by {train_state['world_size']} ranks, "
-                          f"this run has {info.world_size}")
+        train_state.pop("rng", None)
     # get_optimizer_state_dict initialises empty AdamW state (lr 0 dummy step) so DCP has
     # tensors of the right shapes to load into.
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}

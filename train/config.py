@@ -16,7 +16,7 @@ Schema (YAML, every section optional; defaults below):
     tokenizer: null              # sentencepiece model; init_from's tokenizer.model when null
     max_nonfinite: 3             # stop after this many non-finite steps in a row (each is skipped)
     model:
-      preset: debug              # a name in model.args.PRESETS, or null
+      preset: debug              # a name in model.args.PRESETS, or null (default)
       init_from: null            # a project checkpoint dir to fine-tune (its config.json wins)
       dim: 64                    # ... any ModelArgs field overrides the preset (not with init_from)
     data: {...}                  # data.config.DataConfig (owned by data/; see its docstring)
@@ -50,7 +50,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Which network to train. Extra keys under `model:` are ModelArgs fields (kept in `args`)."""
 
-    preset: str | None = "debug"
+    preset: str | None = None  # None: ModelArgs defaults + the fields given (no hidden preset values)
     init_from: str | None = None
     args: dict[str, Any] = field(default_factory=dict)
 

@@ -189,8 +189,12 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     if resume_from is not None:
         state = ckpt.load(resume_from, model, optimizer, info)
         scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"])
-        ckpt.set_rng_state(state["rng"], info.device)
+        try:
+            loader.load_state_dict(state["loader"])
+        except ValueError as e:  # other data, or a batch split that does not fit the position
+            raise ckpt.ResumeError(f"resume: {resume_from}: {e}") from None
+        if "rng" in state:  # absent when the checkpoint came from another world size
+            ckpt.set_rng_state(state["rng"], info.device)
         step, nonfinite_in_a_row = state["step"], state["nonfinite_in_a_row"]
     logger = MetricsLogger(out_dir, info.is_main, cfg.log.tensorboard,
                            resume_step=step if resume_from is not None else None)
