@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
-from data.alpaca import IGNORE_INDEX
+from data.alpaca import IGNORE_INDEX, load_records
 from data.loader import AlpacaLoader
 from model.args import ModelArgs
 from model.checkpoint import load_args, load_state_dict
@@ -277,8 +277,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
 
         if heldout_loader is not None and (step % cfg.eval.every == 0 or step == total_steps):
             values = heldout_loss(model, heldout_loader, cfg.eval.max_batches, info.device)
-            records = json.loads(Path(cfg.eval.heldout).read_text(encoding="utf-8"))[: cfg.eval.samples] \
-                if cfg.eval.samples > 0 and cfg.eval.heldout.endswith(".json") else []
+            records = load_records(cfg.eval.heldout)[: cfg.eval.samples]
             samples = sample_responses(model, tokenizer, records, cfg.data.template,
                                        cfg.eval.max_new_tokens, info.device)
             logger.log_eval(step, values, samples)
