@@ -240,10 +240,12 @@ class Generator:
                 self._show()
                 self.bar.close()
             self.write_outputs(stop or "interrupted")
-        return RunResult(self.kept[:c.num_instructions], self.rejected, stop,
-                         {**self.client.usage.as_dict(), "journal_prompt_tokens": self.tokens["prompt"],
-                          "journal_completion_tokens": self.tokens["completion"],
-                          "cost_usd": round(self.cost_usd(), 6)})
+        this_run = self.client.usage.as_dict()
+        # Requests/retries/errors are this invocation's; tokens and cost include resumed work.
+        usage = {"requests": this_run["requests"], "retries": this_run["retries"], "errors": this_run["errors"],
+                 "prompt_tokens": self.tokens["prompt"], "completion_tokens": self.tokens["completion"],
+                 "cost_usd": round(self.cost_usd(), 6), "priced": c.model in c.prices}
+        return RunResult(self.kept[:c.num_instructions], self.rejected, stop, usage)
 
     def write_outputs(self, stop_reason: str) -> None:
         """alpaca_data.json (the first num_instructions kept, in order) and metadata.json, both
