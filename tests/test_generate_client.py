@@ -31,16 +31,16 @@ def make_client(base_url: str, *overrides: str, sleeps: list | None = None) -> M
 
 @pytest.mark.parametrize("api", ["chat", "completions"])
 def test_transient_failures_are_survived_and_counted(server, api):
-    server.script = ["429", "500", "timeout", "malformed"]
+    server.script = ["429", "500", "timeout", "malformed", "no_choices"]
     client = make_client(server.base_url, f"api={api}")
     completion = client.complete(PROMPT)
     assert completion.finish_reason == "stop"
     assert completion.text.count("Output:") == 4
     usage = client.usage.as_dict()
-    assert usage["requests"] == 1 and usage["retries"] == 4
+    assert usage["requests"] == 1 and usage["retries"] == 5
     assert usage["errors"] == {"RateLimitError": 1, "InternalServerError": 1, "APITimeoutError": 1,
-                               "MalformedResponse": 1}
-    assert server.requests == 5
+                               "MalformedResponse": 2}
+    assert server.requests == 6
 
 
 def test_retry_after_header_sets_the_wait(server):

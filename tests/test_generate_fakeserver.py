@@ -159,6 +159,8 @@ class FakeOpenAI:
                                        "completion).", "context_length_exceeded")
                 if mode == "malformed":
                     return self._send(200, b'{"id": "x", "choices": [{"index": 0, "mess')
+                if mode == "no_choices":  # valid JSON, wrong shape
+                    return self._send(200, b'{"id": "x", "object": "chat.completion", "choices": []}')
                 if mode == "timeout":
                     time.sleep(server.timeout_sleep_s)
                 prompt = request["messages"][-1]["content"] if chat else request["prompt"]

@@ -75,7 +75,9 @@ def test_failures_are_survived(tmp_path):
 def test_dead_server_stops_cleanly_and_resume_equals_uninterrupted_run(tmp_path):
     with FakeOpenAI() as server:
         run(server, tmp_path / "ref", "num_instructions=40")
+        answers_needed = server.served
     with FakeOpenAI() as server:
+        # concurrency 2: round 1 is answered, then one of round 2's two requests, then nothing
         server.die_after = 3
         result = run(server, tmp_path / "run", "num_instructions=40", "retry.max_retries=2")
         assert result.stop_reason.startswith("stopped early")
@@ -83,6 +85,8 @@ def test_dead_server_stops_cleanly_and_resume_equals_uninterrupted_run(tmp_path)
         assert 0 < len(saved) < 40 and saved == load(tmp_path / "ref")[:len(saved)]
         server.die_after = None  # the server comes back; the same command resumes
         result = run(server, tmp_path / "run", "num_instructions=40")
+        # the answer that arrived before the outage came from the journal, not bought again
+        assert server.served == answers_needed
     assert result.stop_reason == "done"
     assert load(tmp_path / "run") == load(tmp_path / "ref")
 
