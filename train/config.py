@@ -175,6 +175,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"config key '{where}' must be a mapping, got {value!r}")
         return _fill(tp, value, where + ".")
     if origin in (list, tuple):
+        if isinstance(value, str):  # `paths: file.json` means a list of one
+            value = [value]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"config key '{where}' must be a list, got {value!r}")
         (item,) = typing.get_args(tp)[:1] or (Any,)
@@ -217,7 +219,9 @@ def _fill(cls: type, raw: dict, prefix: str = "") -> Any:
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # a dataclass's own checks (e.g. DataConfig.__post_init__)
+        if prefix and str(e).startswith(prefix):
+            raise ConfigError(str(e)) from None
         raise ConfigError(f"config section '{prefix.rstrip('.') or 'top level'}': {e}") from None
 
 
