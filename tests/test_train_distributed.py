@@ -65,13 +65,14 @@ def assert_same_training(a: Path, b: Path, rtol: float, atol: float, weight_atol
 
 def test_two_process_fsdp_bf16_with_activation_checkpointing_lowers_the_loss(setup):
     """bf16 compute on fp32 master weights, every layer checkpointed, packed rows (block-diagonal
-    attention through positions/document_ids): the loss must come down over 12 steps."""
+    attention through positions/document_ids), weights initialised shard by shard on the ranks
+    (model.init_on=device): the loss must come down over 12 steps."""
     tmp, _, cfg = setup
     out = tmp / "bf16_w2"
     proc = check(run_train(cfg, out, nproc=2, overrides=[
         "max_steps=12", "batch.micro_batch_size=4", "parallel.mixed_precision=bf16",
         "parallel.activation_checkpointing=full", "checkpoint.every=0", "log.tensorboard=true",
-        "data.packing=true", "data.pack_len=64"]))
+        "data.packing=true", "data.pack_len=64", "model.init_on=device"]))
     losses = [r["loss"] for r in rows(out)]
     assert len(losses) == 12 and all(math.isfinite(x) for x in losses)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses

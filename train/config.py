@@ -18,6 +18,7 @@ Schema (YAML, every section optional; defaults below):
     model:
       preset: debug              # a name in model.args.PRESETS, or null (default)
       init_from: null            # a project checkpoint dir to fine-tune (its config.json wins)
+      init_on: host              # from scratch: host (world-size independent) | device (sharded, big models)
       dim: 64                    # ... any ModelArgs field overrides the preset (not with init_from)
     data: {...}                  # data.config.DataConfig (owned by data/; see its docstring)
     optim: {lr, weight_decay, betas, eps, warmup_ratio, grad_clip, schedule, min_lr_ratio}
@@ -52,6 +53,10 @@ class ModelConfig:
 
     preset: str | None = None  # None: ModelArgs defaults + the fields given (no hidden preset values)
     init_from: str | None = None
+    # From scratch: "host" initialises the full model on the CPU with the seed (the same weights
+    # for any world size); "device" initialises each rank's shards in place (for models too big
+    # to hold on the host once per rank; the weights then depend on the world size).
+    init_on: str = "host"
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,6 +146,7 @@ CHOICES = {
     "parallel.activation_checkpointing": ("none", "full", "every_n"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "checkpoint.export_dtype": ("fp32", "bf16", "fp16"),
+    "model.init_on": ("host", "device"),
 }
 
 
@@ -325,7 +331,8 @@ def to_dict(cfg: TrainConfig) -> dict:
     """The resolved config as plain YAML-able data (ModelArgs fields flat under `model:`)."""
     out = dataclasses.asdict(cfg)
     model = out.pop("model")
-    out["model"] = {"preset": model["preset"], "init_from": model["init_from"], **model["args"]}
+    out["model"] = {"preset": model["preset"], "init_from": model["init_from"], "init_on": model["init_on"],
+                    **model["args"]}
     out["data"] = dataclasses.asdict(cfg.data) if dataclasses.is_dataclass(cfg.data) else cfg.data
     return out
 

@@ -79,17 +79,21 @@ def model_args(cfg: TrainConfig, tokenizer: Tokenizer) -> ModelArgs:
 def build_model(cfg: TrainConfig, args: ModelArgs, mesh, info: parallel.DistInfo) -> Transformer:
     """A sharded model on `info.device`, initialised from scratch or from `model.init_from`."""
     pcfg = cfg.parallel
-    if cfg.model.init_from:
-        # Fine-tuning: build on the meta device (no memory), shard, allocate only this rank's
-        # shards, then fill them from the checkpoint rank 0 reads.
+    if cfg.model.init_from or cfg.model.init_on == "device":
+        # Build on the meta device (no memory), shard, allocate only this rank's shards, then
+        # fill them: from the checkpoint rank 0 reads, or with a fresh init of each shard.
         with torch.device("meta"):
             model = Transformer(args)
         model.to(parallel.param_dtype(pcfg))
         _wrap(model, mesh, pcfg)
         model.to_empty(device=info.device)
-        full = load_state_dict(cfg.model.init_from) if info.is_main else {}
-        ckpt.load_pretrained(model, full)
-        del full
+        if cfg.model.init_from:
+            full = load_state_dict(cfg.model.init_from) if info.is_main else {}
+            ckpt.load_pretrained(model, full)
+            del full
+        else:
+            torch.manual_seed(cfg.seed)
+            model.init_weights()  # on DTensor shards
     else:
         # From scratch: the full model is initialised on the host with the run's seed, so the
         # weights do not depend on the world size (that is what makes world 1 == world 2 testable);
