@@ -138,6 +138,8 @@ def test_kill_during_checkpoint_write_leaves_the_previous_checkpoint_to_resume(s
     ckpts = out / "checkpoints"
     assert (ckpts / ".tmp_step_4").is_dir() and (ckpts / ".tmp_step_4" / ".metadata").is_file()
     assert not (ckpts / "step_4").exists() and (ckpts / "step_2").is_dir()
+    fresh = run_train(cfg, out, nproc=1, overrides=over)  # resume=none must not mix with the old run
+    assert fresh.returncode == 2 and "pass resume=auto" in fresh.stderr and "Traceback" not in fresh.stderr
     proc = check(run_train(cfg, out, nproc=1, overrides=[*over, "resume=auto"]))
     assert f"resumed from {ckpts / 'step_2'} at step 2" in proc.stdout
     assert not (ckpts / ".tmp_step_4").exists()

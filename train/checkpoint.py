@@ -68,6 +68,10 @@ def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 def resolve_resume(resume: str, root: Path) -> Path | None:
     """none -> None; auto -> newest complete checkpoint (or None on a fresh run); else a path."""
     if resume == "none":
+        found = complete_checkpoints(root)
+        if found:  # a fresh run would mix its checkpoints with (and prune) the earlier run's
+            raise ResumeError(f"{root} already holds checkpoints of an earlier run (newest {found[-1][1].name}): "
+                              "pass resume=auto to continue it, or use another output_dir")
         return None
     if resume == "auto":
         found = complete_checkpoints(root)

@@ -168,6 +168,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         raise FileNotFoundError(f"tokenizer not found: {tokenizer_path} (set `tokenizer:` in the config)")
     tokenizer = Tokenizer(tokenizer_path)
     args = model_args(cfg, tokenizer)
+    resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root)  # before anything is written
     if info.is_main:
         save_config(cfg, out_dir / "config.yaml")
         ckpt.clean_partial(ckpt_root)
@@ -189,7 +190,6 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
 
     step, nonfinite_in_a_row = 0, 0
-    resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root)
     if resume_from is not None:
         state = ckpt.load(resume_from, model, optimizer, info)
         scheduler.load_state_dict(state["scheduler"])

@@ -80,7 +80,9 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out_dir / "tb"))
+            # On resume, purge_step hides the events the dead run logged after the checkpoint.
+            self.tb = SummaryWriter(str(out_dir / "tb"),
+                                    purge_step=None if resume_step is None else resume_step + 1)
 
     def _truncate_after(self, step: int) -> None:
         """Keep rows up to `step` (atomic rewrite): later ones belong to work the resume redoes."""
