@@ -7,7 +7,15 @@ import re
 import pytest
 
 from data import synthetic
-from data.synthetic import FAMILIES, generate_heldout, generate_train, is_heldout, make_record, record_key
+from data.synthetic import (
+    FAMILIES,
+    TINY_FAMILIES,
+    generate_heldout,
+    generate_train,
+    is_heldout,
+    make_record,
+    record_key,
+)
 
 HANGUL = re.compile("[\uac00-\ud7a3]")
 
@@ -20,6 +28,7 @@ def test_same_seed_same_records_other_seed_other_records():
 
 def test_at_least_eight_families_each_phrased_in_english_and_korean_with_and_without_input():
     assert len(FAMILIES) >= 8
+    assert len(TINY_FAMILIES) >= 8 and set(TINY_FAMILIES) <= set(FAMILIES)  # what `make train` uses
     for name, fam in FAMILIES.items():
         assert set(fam.phrasings) == {"en", "ko"}, name
         for lang, phrasings in fam.phrasings.items():
@@ -131,11 +140,14 @@ def test_build_tiny_assets_writes_loadable_files_and_reuses_them(tmp_path):
     assert set(paths) == {"train", "heldout", "tokenizer"}
     train = json.loads(open(paths["train"], encoding="utf-8").read())
     held = json.loads(open(paths["heldout"], encoding="utf-8").read())
-    assert len(train) == 600 and 0 < len(held) <= 3 * len(FAMILIES)
-    assert train == generate_train(600, seed=0)
+    assert len(train) == 600 and 0 < len(held) <= 3 * len(TINY_FAMILIES)
+    assert train == generate_train(600, seed=0, families=TINY_FAMILIES)  # the default mix
+    assert {r["family"] for r in train} == {r["family"] for r in held} == set(TINY_FAMILIES)
+    assert {r["lang"] for r in train} == {"en", "ko"}
     mtime = {k: (tmp_path / p).stat().st_mtime_ns for k, p in paths.items()}
     again = synthetic.build_tiny_assets(tmp_path, seed=0, n_train=600, heldout_per_family=3, vocab_size=700)
     assert again == paths
     assert {k: (tmp_path / p).stat().st_mtime_ns for k, p in again.items()} == mtime  # not rewritten
     other = synthetic.build_tiny_assets(tmp_path, seed=1, n_train=600, heldout_per_family=3, vocab_size=700)
-    assert json.loads(open(other["train"], encoding="utf-8").read()) == generate_train(600, seed=1)
+    assert json.loads(open(other["train"], encoding="utf-8").read()) == generate_train(
+        600, seed=1, families=TINY_FAMILIES)
