@@ -12,6 +12,7 @@ from data.synthetic import generate_train
 from model.args import ModelArgs
 from model.checkpoint import save_checkpoint
 from model.llama import Transformer
+from model.sampling import generate
 from model.tokenizer import Tokenizer
 from tools.train_tokenizer import train_tokenizer
 
@@ -77,7 +78,22 @@ def test_a_different_expected_answer_counts_as_a_miss(memorised, tok):
 
 def test_a_response_cut_by_max_new_tokens_is_a_miss(memorised, tok):
     # "t-i-g-e-r" needs more than 2 tokens: without reaching EOS it cannot match.
-    assert ev.exact_match(memorised, tok, RECORDS[3:], max_new_tokens=2) == 0.0
+    for batch_size in (1, 16):
+        assert ev.exact_match(memorised, tok, RECORDS[3:], max_new_tokens=2, batch_size=batch_size) == 0.0
+
+
+def test_batched_decoding_gives_what_generate_gives_each_prompt_alone(memorised, tok):
+    # Seen and unseen prompts, several sharing a length (so real batches form), one cut short.
+    records = RECORDS + generate_train(40, seed=5)
+    prompts = [ev.prompt_ids(tok, r, "alpaca") for r in records]
+    assert len({len(p) for p in prompts}) < len(prompts)  # some lengths repeat
+    for max_new in (3, 12):
+        alone = [tok.decode(generate(memorised, p, max_new, eos_id=tok.eos_id)) for p in prompts]
+        memorised.reset_caches()
+        assert ev.respond_all(memorised, tok, records, max_new_tokens=max_new, batch_size=8) == alone
+    assert ev.respond_all(memorised, tok, RECORDS, batch_size=1) == [r["output"] for r in RECORDS]
+    with pytest.raises(ValueError, match="equal length"):
+        ev.greedy_batch(memorised, [[1, 5], [1, 5, 6]], 4, tok.eos_id)
 
 
 def _fake_generate(answers: dict[str, str], tok):
@@ -94,7 +110,7 @@ def test_comparison_strips_whitespace_but_not_extra_words(monkeypatch, tok):
     monkeypatch.setattr(ev, "generate", _fake_generate(
         {"3 plus 4": " 7 ", "apple river stone": "stone river apple apple", "크다": "작다",
          "tiger": "t-i-g-e-r\n"}, tok))
-    result = ev.evaluate_records(torch.nn.Linear(1, 1), tok, RECORDS)
+    result = ev.evaluate_records(torch.nn.Linear(1, 1), tok, RECORDS, batch_size=1)
     assert result["accuracy"] == 0.75
     assert [m["got"] for m in result["misses"]] == ["stone river apple apple"]
 
@@ -103,7 +119,7 @@ def test_records_may_come_from_a_jsonl_path(monkeypatch, tok, tmp_path):
     path = tmp_path / "held.jsonl"
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in RECORDS), encoding="utf-8")
     monkeypatch.setattr(ev, "generate", _fake_generate({"": "7"}, tok))
-    assert ev.exact_match(torch.nn.Linear(1, 1), tok, path) == 0.25
+    assert ev.exact_match(torch.nn.Linear(1, 1), tok, path, batch_size=1) == 0.25
     assert ev.format_result(0.25, 4) == "exact-match accuracy on 4 held-out prompts: 0.250"
 
 

@@ -5,8 +5,10 @@ decode either reproduces it and emits EOS, or it does not. Loss alone cannot sho
 stops: a response that is right and then rambles scores 0 here, because generation only ends
 at EOS (or `max_new_tokens`) and the whole decoded response is compared.
 
-Decoding goes through `model.sampling.generate` (greedy, KV cache), the same path
-`tools.chat` uses, so this also checks the cache against what training learned.
+Decoding is greedy with the KV cache. Prompts of equal token length are decoded together as one
+batch (`greedy_batch`): the cache is indexed by one shared position, so equal lengths need no
+padding and each row gets exactly the tokens `model.sampling.generate` (the path `tools.chat`
+uses) gives it alone; `batch_size=1` uses `generate` itself. The tests hold the two equal.
 
     python -m train.evaluate --ckpt runs/tiny/final --data runs/tiny/assets/heldout.json
 """
@@ -41,16 +43,73 @@ def prompt_ids(tokenizer: Tokenizer, record: dict[str, Any], template: str) -> l
     return [tokenizer.bos_id] + tokenizer.encode(format_prompt(record, template))
 
 
-def respond(model: torch.nn.Module, tokenizer: Tokenizer, record: dict[str, Any], template: str = "alpaca",
-            max_new_tokens: int = 32) -> str:
-    """The greedy response to one record, decoded, stopping at EOS."""
-    ids = generate(model, prompt_ids(tokenizer, record, template), max_new_tokens, temperature=0.0,
-                   eos_id=tokenizer.eos_id)
-    return tokenizer.decode(ids)
+@torch.inference_mode()
+def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int,
+                 eos_id: int | None) -> list[list[int]]:
+    """Greedy continuations (EOS excluded) of prompts that all have the same length, as one batch.
+
+    Stops exactly where `generate` would for each row: at EOS, after `max_new_tokens`, or at the
+    model's `max_seq_len`; the batch ends when every row has stopped.
+    """
+    T = len(prompts[0])
+    if any(len(p) != T for p in prompts):
+        raise ValueError("greedy_batch needs prompts of equal length (group them first)")
+    device = model.tok_embeddings.weight.device
+    total = min(T + max_new_tokens, model.args.max_seq_len)
+    if T >= total:
+        return [[] for _ in prompts]
+    model.setup_caches(len(prompts), total)
+    tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, T)
+    logits = model(tokens, input_pos=torch.arange(T, device=device))  # (B, T, vocab): prefill
+    new: list[list[int]] = [[] for _ in prompts]
+    running = [True] * len(prompts)
+    pos = T
+    while True:
+        next_ids = logits[:, -1].argmax(dim=-1)  # (B,)
+        for i, tok in enumerate(next_ids.tolist()):
+            if not running[i]:
+                continue
+            if eos_id is not None and tok == eos_id:
+                running[i] = False
+                continue
+            new[i].append(tok)
+            if len(new[i]) >= max_new_tokens or pos + 1 > total - 1:
+                running[i] = False
+        if not any(running):
+            return new
+        # Stopped rows keep decoding their last token; their outputs are already final.
+        logits = model(next_ids[:, None], input_pos=torch.tensor([pos], device=device))  # (B, 1, vocab)
+        pos += 1
+
+
+def respond_all(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict[str, Any]],
+                template: str = "alpaca", max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+    """Greedy responses (decoded, stopped at EOS) to every record, in order.
+
+    Records are grouped by prompt length and decoded `batch_size` at a time; batch_size=1 decodes
+    each alone through `model.sampling.generate`.
+    """
+    prompts = [prompt_ids(tokenizer, r, template) for r in records]
+    out: list[list[int]] = [[] for _ in records]
+    if batch_size <= 1:
+        for i, ids in enumerate(prompts):
+            out[i] = generate(model, ids, max_new_tokens, temperature=0.0, eos_id=tokenizer.eos_id)
+    else:
+        by_len: dict[int, list[int]] = defaultdict(list)
+        for i, ids in enumerate(prompts):
+            by_len[len(ids)].append(i)
+        for idx in by_len.values():
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start: start + batch_size]
+                for i, ids in zip(chunk, greedy_batch(model, [prompts[i] for i in chunk], max_new_tokens,
+                                                      tokenizer.eos_id), strict=True):
+                    out[i] = ids
+        model.reset_caches()  # batch-sized buffers: free them; the next user sets up its own
+    return [tokenizer.decode(ids) for ids in out]
 
 
 def evaluate_records(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict[str, Any]] | str | Path,
-                     template: str = "alpaca", max_new_tokens: int = 32) -> dict[str, Any]:
+                     template: str = "alpaca", max_new_tokens: int = 32, batch_size: int = 16) -> dict[str, Any]:
     """Accuracy plus a per-family breakdown and the misses, for reading what failed.
 
     A record counts as correct when the decoded response, stripped of surrounding whitespace,
@@ -64,8 +123,9 @@ def evaluate_records(model: torch.nn.Module, tokenizer: Tokenizer, records: list
     model.eval()
     per_family: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # family -> [correct, total]
     misses = []
-    for record in records:
-        got = respond(model, tokenizer, record, template, max_new_tokens).strip()
+    responses = respond_all(model, tokenizer, records, template, max_new_tokens, batch_size)
+    for record, response in zip(records, responses, strict=True):
+        got = response.strip()
         ok = got == record["output"].strip()
         tally = per_family[record.get("family", "all")]
         tally[0] += ok
@@ -84,9 +144,9 @@ def evaluate_records(model: torch.nn.Module, tokenizer: Tokenizer, records: list
 
 
 def exact_match(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict[str, Any]] | str | Path,
-                template: str = "alpaca", max_new_tokens: int = 32) -> float:
+                template: str = "alpaca", max_new_tokens: int = 32, batch_size: int = 16) -> float:
     """Fraction of records whose greedy response (to EOS) equals `output` exactly."""
-    return evaluate_records(model, tokenizer, records, template, max_new_tokens)["accuracy"]
+    return evaluate_records(model, tokenizer, records, template, max_new_tokens, batch_size)["accuracy"]
 
 
 def format_result(accuracy: float, n: int) -> str:
@@ -102,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", default="alpaca")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--limit", type=int, help="evaluate only the first N records")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (1: one at a time)")
     parser.add_argument("--show-misses", type=int, default=5, help="print up to N wrong answers")
     args = parser.parse_args(argv)
 
@@ -125,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.data}: record {bad} needs string 'instruction' and 'output'", file=sys.stderr)
         return 2
     model = load_model(args.ckpt)
-    result = evaluate_records(model, Tokenizer(tok_path), records, args.template, args.max_new_tokens)
+    result = evaluate_records(model, Tokenizer(tok_path), records, args.template, args.max_new_tokens,
+                              args.batch_size)
     for miss in result["misses"][: args.show_misses]:
         print(f"miss: {miss['instruction']!r} {miss['input']!r} -> {miss['got']!r} (want {miss['expected']!r})")
     print(json.dumps({"per_family": result["per_family"]}, ensure_ascii=False))
