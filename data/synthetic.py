@@ -224,7 +224,7 @@ def generate_train(n: int, seed: int, ko_fraction: float = 0.3,
                    families: list[str] | None = None) -> list[dict[str, Any]]:
     """`n` training records, families round-robin (equal share), never a held-out key.
 
-    Repeats are allowed: small families (antonym: 30 words x 5 phrasings) have fewer distinct
+    Repeats are allowed: small families (uppercase: 16 words x 5 phrasings) have fewer distinct
     prompts than their share, and seeing a prompt twice is what several epochs would do anyway.
     """
     rng = random.Random(f"{seed}-train")
