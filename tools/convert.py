@@ -98,6 +98,16 @@ def find_tokenizer(src: Path, explicit: str | None, candidates: tuple[str, ...])
     return None  # main() warns after a successful conversion (errors stay one line)
 
 
+def read_json(path: Path, what: str) -> dict:
+    """A source's config file, or a one-line ConvertError saying which file is missing or broken."""
+    if not path.is_file():
+        raise ConvertError(f"{path}: not found (is {path.parent} {what}?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConvertError(f"{path}: invalid JSON ({e})") from None
+
+
 def check_dst(dst: Path, force: bool) -> None:
     if dst.exists() and any(dst.iterdir()) and not force:
         raise ConvertError(f"{dst}: already exists and is not empty (pass --force to replace it)")
@@ -185,12 +195,7 @@ def plan_merge(shards: list[Path], states: list[dict[str, torch.Tensor]],
 def convert_meta(src: Path, dst: Path, tokenizer: str | None, dtype: torch.dtype | None,
                  max_seq_len: int | None) -> Path:
     params_path = src / "params.json"
-    if not params_path.is_file():
-        raise ConvertError(f"{params_path}: not found (is {src} a Meta checkpoint directory?)")
-    try:
-        params = json.loads(params_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConvertError(f"{params_path}: invalid JSON ({e})") from None
+    params = read_json(params_path, "a Meta checkpoint directory")
     for key in ("dim", "n_layers", "n_heads"):
         if key not in params:
             raise ConvertError(f"{params_path}: required key '{key}' is missing")
@@ -239,12 +244,7 @@ def convert_meta(src: Path, dst: Path, tokenizer: str | None, dtype: torch.dtype
 # ------------------------------------------------------------------ hf
 def convert_hf(src: Path, dst: Path, tokenizer: str | None, dtype: torch.dtype | None) -> Path:
     cfg_path = src / "config.json"
-    if not cfg_path.is_file():
-        raise ConvertError(f"{cfg_path}: not found (is {src} a Hugging Face model directory?)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConvertError(f"{cfg_path}: invalid JSON ({e})") from None
+    cfg = read_json(cfg_path, "a Hugging Face model directory")
     args = args_from_hf_config(cfg, cfg_path)
     files = hf_weight_files(src)
     # meta-llama repos ship Meta's original files beside HF's, as original/tokenizer.model
