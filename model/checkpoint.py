@@ -58,6 +58,48 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def write_shards(tensors: Iterable[tuple[str, torch.Tensor]], directory: Path,
+                 max_shard_bytes: int = 5 * 1024**3) -> None:
+    """Stream (name, tensor) pairs into `directory`: one `model.safetensors`, or HF-style
+    `model-0000k-of-0000n.safetensors` + `model.safetensors.index.json` when they exceed
+    `max_shard_bytes`. Only one shard is held in memory. Shared by save_checkpoint and the HF
+    exporter (tools/convert.py to-hf), which use the same file layout."""
+    shard_files: list[str] = []
+    weight_map: dict[str, int] = {}
+    shard: dict[str, torch.Tensor] = {}
+    shard_bytes = total_bytes = 0
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes
+        if shard:
+            name = f"shard-{len(shard_files):05d}.safetensors"
+            save_file(shard, str(directory / name), metadata={"format": "pt"})
+            shard_files.append(name)
+            shard, shard_bytes = {}, 0
+
+    for name, t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        nbytes = t.numel() * t.element_size()
+        if shard and shard_bytes + nbytes > max_shard_bytes:
+            flush()
+        shard[name] = t
+        weight_map[name] = len(shard_files)
+        shard_bytes += nbytes
+        total_bytes += nbytes
+    flush()
+
+    if len(shard_files) == 1:
+        os.replace(directory / shard_files[0], directory / SINGLE_NAME)
+    else:  # HF-style names, known only once the shard count is
+        n = len(shard_files)
+        final_names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        for old, new in zip(shard_files, final_names, strict=True):
+            os.replace(directory / old, directory / new)
+        index = {"metadata": {"total_size": total_bytes},
+                 "weight_map": {k: final_names[i] for k, i in weight_map.items()}}
+        _write_json(directory / INDEX_NAME, index)
+
+
 def save_checkpoint(
     tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
     args: ModelArgs,
@@ -72,40 +114,7 @@ def save_checkpoint(
     tmp = atomic_dir(final)
     try:
         items = tensors.items() if isinstance(tensors, Mapping) else tensors
-        shard_files: list[str] = []
-        weight_map: dict[str, int] = {}
-        shard: dict[str, torch.Tensor] = {}
-        shard_bytes = total_bytes = 0
-
-        def flush() -> None:
-            nonlocal shard, shard_bytes
-            if shard:
-                name = f"shard-{len(shard_files):05d}.safetensors"
-                save_file(shard, str(tmp / name), metadata={"format": "pt"})
-                shard_files.append(name)
-                shard, shard_bytes = {}, 0
-
-        for name, t in items:
-            t = t.detach().to("cpu", dtype=dtype or t.dtype).contiguous()
-            nbytes = t.numel() * t.element_size()
-            if shard and shard_bytes + nbytes > max_shard_bytes:
-                flush()
-            shard[name] = t
-            weight_map[name] = len(shard_files)
-            shard_bytes += nbytes
-            total_bytes += nbytes
-        flush()
-
-        if len(shard_files) == 1:
-            os.replace(tmp / shard_files[0], tmp / SINGLE_NAME)
-        else:  # HF-style names, known only once the shard count is
-            n = len(shard_files)
-            final_names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-            for old, new in zip(shard_files, final_names, strict=True):
-                os.replace(tmp / old, tmp / new)
-            index = {"metadata": {"total_size": total_bytes},
-                     "weight_map": {k: final_names[i] for k, i in weight_map.items()}}
-            _write_json(tmp / INDEX_NAME, index)
+        write_shards(((n, t.to(dtype or t.dtype)) for n, t in items), tmp, max_shard_bytes)
         _write_json(tmp / CONFIG_NAME, args.to_dict())
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_NAME)

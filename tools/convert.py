@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
@@ -26,11 +25,18 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from model.args import ModelArgs
-from model.checkpoint import CheckpointError, atomic_dir, commit_dir, iter_tensors, load_args, save_checkpoint
+from model.checkpoint import (
+    CheckpointError,
+    atomic_dir,
+    commit_dir,
+    iter_tensors,
+    load_args,
+    save_checkpoint,
+    write_shards,
+)
 from model.llama import Transformer
 from tools.convert_hf import (
     HF_IGNORED_RE,
@@ -298,47 +304,24 @@ def convert_to_hf(src: Path, dst: Path, dtype: torch.dtype | None, max_shard_byt
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_dir(dst)
     try:
-        written: list[str] = []  # temporary shard names, renamed once their count is known
-        weight_map: dict[str, int] = {}  # HF name -> shard number
-        shard: dict[str, torch.Tensor] = {}
-        shard_bytes = total_bytes = 0
         seen: set[str] = set()
-        out_dtype = torch.float32
+        dtypes: list[torch.dtype] = []
 
-        def flush() -> None:  # one shard in memory at a time
-            nonlocal shard, shard_bytes
-            written.append(f"shard-{len(written)}.safetensors")
-            save_file(shard, str(tmp / written[-1]), metadata={"format": "pt"})
-            shard, shard_bytes = {}, 0
+        def hf_tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            for path, name, t in _progress(iter_tensors(src), desc="converting", unit="tensor"):
+                seen.add(name)
+                if name not in expected or tuple(t.shape) != expected[name]:
+                    raise ConvertError(f"{path}: tensor '{name}' with shape {tuple(t.shape)} does not fit "
+                                       f"config.json (expected {expected.get(name, 'no such tensor')})")
+                t = tensor_to_hf(name, t, args).to(dtype or t.dtype)
+                dtypes.append(t.dtype)
+                yield to_hf_name(name), t
 
-        for path, name, t in _progress(iter_tensors(src), desc="converting", unit="tensor"):
-            seen.add(name)
-            if name not in expected or tuple(t.shape) != expected[name]:
-                raise ConvertError(f"{path}: tensor '{name}' with shape {tuple(t.shape)} does not fit "
-                                   f"config.json (expected {expected.get(name, 'no such tensor')})")
-            t = tensor_to_hf(name, t, args).to(dtype or t.dtype).contiguous()
-            out_dtype = t.dtype
-            nbytes = t.numel() * t.element_size()
-            if shard and shard_bytes + nbytes > max_shard_bytes:
-                flush()
-            hf_name = to_hf_name(name)
-            shard[hf_name] = t
-            weight_map[hf_name] = len(written)
-            shard_bytes += nbytes
-            total_bytes += nbytes
-        flush()
+        write_shards(hf_tensors(), tmp, max_shard_bytes)  # HF's own file layout, one shard in memory
         missing = sorted(set(expected) - seen)
         if missing:
             raise ConvertError(f"{src}: tensor '{missing[0]}' is missing")
-        if len(written) == 1:
-            os.replace(tmp / written[0], tmp / "model.safetensors")
-        else:  # HF's names say the shard count
-            final = [f"model-{i + 1:05d}-of-{len(written):05d}.safetensors" for i in range(len(written))]
-            for old, new in zip(written, final, strict=True):
-                os.replace(tmp / old, tmp / new)
-            index = {"metadata": {"total_size": total_bytes},
-                     "weight_map": {k: final[i] for k, i in weight_map.items()}}
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        out_dtype = dtypes[-1] if dtypes else torch.float32
         cfg = hf_config_from_args(args, out_dtype, bos, eos)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         if tok_src.is_file():
