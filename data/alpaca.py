@@ -121,10 +121,17 @@ def load_records(path: str | Path, skip_invalid: bool = False) -> list[dict]:
     return read_records(path, skip_invalid)[0]
 
 
+def encode_prompt(tokenizer, record: Mapping[str, str], template: str | Mapping[str, str] = "alpaca"
+                  ) -> list[int]:
+    """[BOS] + the templated prompt: the prefix training puts before every response, and so the
+    exact prefix chat and evaluation must feed the model."""
+    return [tokenizer.bos_id] + tokenizer.encode(format_prompt(record, template))
+
+
 def encode_example(tokenizer, record: Mapping[str, str], template: str | Mapping[str, str] = "alpaca"
                    ) -> tuple[list[int], int]:
     """The untruncated sequence [BOS] + prompt + output + [EOS] and its prompt length (with BOS)."""
-    prompt = [tokenizer.bos_id] + tokenizer.encode(format_prompt(record, template))
+    prompt = encode_prompt(tokenizer, record, template)
     return prompt + tokenizer.encode(record["output"]) + [tokenizer.eos_id], len(prompt)
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import train.evaluate as ev
-from data.alpaca import encode_example
+from data.alpaca import encode_example, encode_prompt
 from data.synthetic import generate_train
 from model.args import ModelArgs
 from model.checkpoint import save_checkpoint
@@ -85,7 +85,7 @@ def test_a_response_cut_by_max_new_tokens_is_a_miss(memorised, tok):
 def test_batched_decoding_gives_what_generate_gives_each_prompt_alone(memorised, tok):
     # Seen and unseen prompts, several sharing a length (so real batches form), one cut short.
     records = RECORDS + generate_train(40, seed=5)
-    prompts = [ev.prompt_ids(tok, r, "alpaca") for r in records]
+    prompts = [encode_prompt(tok, r, "alpaca") for r in records]
     assert len({len(p) for p in prompts}) < len(prompts)  # some lengths repeat
     for max_new in (3, 12):
         alone = [tok.decode(generate(memorised, p, max_new, eos_id=tok.eos_id)) for p in prompts]

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from data.prompts import TEMPLATES, format_prompt
+from data.alpaca import encode_prompt
+from data.prompts import TEMPLATES
 from model.checkpoint import CheckpointError, load_args, load_model
 from model.llama import Transformer
 from model.sampling import generate
@@ -87,8 +88,7 @@ def respond(model: Transformer, tokenizer: Tokenizer, instruction: str, input_te
             template: str = "alpaca", max_new_tokens: int = 256, temperature: float = 0.0,
             top_p: float = 1.0, generator: torch.Generator | None = None, out=None) -> list[int]:
     """Generate (and stream to `out`) the response to one instruction; returns the new token ids."""
-    prompt = format_prompt({"instruction": instruction, "input": input_text}, template)
-    prompt_ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    prompt_ids = encode_prompt(tokenizer, {"instruction": instruction, "input": input_text}, template)
     room = model.args.max_seq_len - len(prompt_ids)
     if room <= 0:
         raise ChatError(f"the prompt is {len(prompt_ids)} tokens; the model's max_seq_len is "

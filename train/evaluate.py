@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from data.alpaca import encode_prompt
 from model.sampling import generate
 from model.tokenizer import Tokenizer
 
@@ -34,13 +35,6 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     if text.lstrip().startswith("["):
         return json.loads(text)
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def prompt_ids(tokenizer: Tokenizer, record: dict[str, Any], template: str) -> list[int]:
-    """BOS + the templated prompt: exactly the prefix training put before each response."""
-    from data.prompts import format_prompt  # the data pipeline's templates, the single source
-
-    return [tokenizer.bos_id] + tokenizer.encode(format_prompt(record, template))
 
 
 @torch.inference_mode()
@@ -89,7 +83,7 @@ def respond_all(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict
     Records are grouped by prompt length and decoded `batch_size` at a time; batch_size=1 decodes
     each alone through `model.sampling.generate`.
     """
-    prompts = [prompt_ids(tokenizer, r, template) for r in records]
+    prompts = [encode_prompt(tokenizer, r, template) for r in records]
     out: list[list[int]] = [[] for _ in records]
     if batch_size <= 1:
         for i, ids in enumerate(prompts):

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data.alpaca import IGNORE_INDEX
+from data.alpaca import IGNORE_INDEX, encode_prompt
 from data.prompts import format_prompt
 from train.parallel import all_reduce_sum
 
@@ -47,7 +47,7 @@ def sample_responses(model: torch.nn.Module, tokenizer, records: list[dict], tem
     max_len = model.args.max_seq_len if hasattr(model, "args") else 2048
     for rec in records:
         prompt = format_prompt(rec, template)
-        ids = tokenizer.encode(prompt, bos=True)
+        ids = encode_prompt(tokenizer, rec, template)
         new: list[int] = []
         while len(new) < max_new_tokens and len(ids) + len(new) < max_len:
             x = torch.tensor([ids + new], dtype=torch.long, device=device)  # (1, T)
