@@ -150,7 +150,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
         # Tied models have no `output` weight: the logits reuse the embedding matrix.
         self.output = None if args.tie_word_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
-        self.max_cache_len = 0
+        self.max_cache_len = self.max_cache_batch = 0
 
     # ---------------------------------------------------------------- init and resizing
     @torch.no_grad()
@@ -199,14 +199,14 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(max_batch_size, a.n_kv_heads, max_seq_len, a.head_dim,
                                                dtype, device)
-        self.max_cache_len = max_seq_len
+        self.max_cache_len, self.max_cache_batch = max_seq_len, max_batch_size
         causal = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=device).tril()
         self.register_buffer("causal_mask", causal, persistent=False)
 
     def reset_caches(self) -> None:
         for layer in self.layers:
             layer.attention.kv_cache = None
-        self.max_cache_len = 0
+        self.max_cache_len = self.max_cache_batch = 0
         self.causal_mask = None
 
     # ---------------------------------------------------------------- forward

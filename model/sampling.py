@@ -1,7 +1,8 @@
 """Autoregressive decoding with the KV cache: one prefill over the prompt, then one token a step.
 
 Greedy at temperature 0, otherwise temperature + nucleus (top-p) sampling. Only the new tokens are
-returned; generation stops at EOS (not returned) or after `max_new_tokens`.
+returned; generation stops at EOS (not returned) or after `max_new_tokens`. One loop serves a
+single prompt (`generate`, chat) and a batch of equal-length prompts (`generate_batch`, evaluation).
 """
 
 from __future__ import annotations
@@ -30,6 +31,58 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1
 
 
 @torch.inference_mode()
+def generate_batch(
+    model: Transformer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    eos_id: int | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Decode prompts of equal length together: the cache is indexed by one shared position, so
+    equal lengths need no padding and each row gets exactly the tokens it would get alone.
+
+    A row stops at EOS, after `max_new_tokens`, or at the model's `max_seq_len`; the batch ends
+    when every row has stopped. `on_token(row, token)` sees each kept token as it is chosen.
+    """
+    T = len(prompts[0])
+    if any(len(p) != T for p in prompts):
+        raise ValueError("generate_batch needs prompts of equal length (group them first)")
+    B = len(prompts)
+    device = model.tok_embeddings.weight.device
+    total = min(T + max_new_tokens, model.args.max_seq_len)
+    if T >= total:
+        return [[] for _ in prompts]
+    if model.max_cache_len < total or model.max_cache_batch < B:
+        model.setup_caches(B, total)
+    tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, T)
+    logits = model(tokens, input_pos=torch.arange(T, device=device))  # (B, T, vocab): prefill
+    new: list[list[int]] = [[] for _ in prompts]
+    running = [True] * B
+    pos = T
+    while True:
+        next_ids = [sample_next(logits[i, -1], temperature, top_p, generator) for i in range(B)]
+        for i, tok in enumerate(next_ids):
+            if not running[i]:
+                continue
+            if eos_id is not None and tok == eos_id:
+                running[i] = False
+                continue
+            new[i].append(tok)
+            if on_token is not None:
+                on_token(i, tok)
+            if len(new[i]) >= max_new_tokens or pos >= total - 1:
+                running[i] = False
+        if not any(running):
+            return new
+        # Stopped rows keep decoding their last token; their outputs are already final.
+        step = torch.tensor(next_ids, dtype=torch.long, device=device)[:, None]  # (B, 1)
+        logits = model(step, input_pos=torch.tensor([pos], device=device))  # (B, 1, vocab)
+        pos += 1
+
+
 def generate(
     model: Transformer,
     prompt_ids: list[int],
@@ -40,26 +93,7 @@ def generate(
     on_token: Callable[[int], None] | None = None,
     generator: torch.Generator | None = None,
 ) -> list[int]:
-    device = model.tok_embeddings.weight.device
-    total = min(len(prompt_ids) + max_new_tokens, model.args.max_seq_len)
-    if len(prompt_ids) >= total:
-        return []
-    if model.max_cache_len < total:
-        model.setup_caches(1, total)
-    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
-    logits = model(prompt, input_pos=torch.arange(len(prompt_ids), device=device))  # prefill
-    new: list[int] = []
-    pos = len(prompt_ids)
-    while True:
-        tok = sample_next(logits[0, -1], temperature, top_p, generator)
-        if eos_id is not None and tok == eos_id:
-            break
-        new.append(tok)
-        if on_token is not None:
-            on_token(tok)
-        if pos + 1 > total - 1 or len(new) >= max_new_tokens:
-            break
-        step = torch.tensor([[tok]], dtype=torch.long, device=device)  # (1, 1)
-        logits = model(step, input_pos=torch.tensor([pos], device=device))
-        pos += 1
-    return new
+    """One prompt: `generate_batch` with a batch of one (what tools.chat streams from)."""
+    stream = None if on_token is None else (lambda _row, tok: on_token(tok))
+    return generate_batch(model, [prompt_ids], max_new_tokens, temperature, top_p, eos_id, stream,
+                          generator)[0]

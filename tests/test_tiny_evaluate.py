@@ -12,7 +12,7 @@ from data.synthetic import generate_train
 from model.args import ModelArgs
 from model.checkpoint import save_checkpoint
 from model.llama import Transformer
-from model.sampling import generate
+from model.sampling import generate, generate_batch
 from model.tokenizer import Tokenizer
 from tools.train_tokenizer import train_tokenizer
 
@@ -93,7 +93,7 @@ def test_batched_decoding_gives_what_generate_gives_each_prompt_alone(memorised,
         assert ev.respond_all(memorised, tok, records, max_new_tokens=max_new, batch_size=8) == alone
     assert ev.respond_all(memorised, tok, RECORDS, batch_size=1) == [r["output"] for r in RECORDS]
     with pytest.raises(ValueError, match="equal length"):
-        ev.greedy_batch(memorised, [[1, 5], [1, 5, 6]], 4, tok.eos_id)
+        generate_batch(memorised, [[1, 5], [1, 5, 6]], 4, eos_id=tok.eos_id)
 
 
 def _fake_generate(answers: dict[str, str], tok):

@@ -6,8 +6,8 @@ stops: a response that is right and then rambles scores 0 here, because generati
 at EOS (or `max_new_tokens`) and the whole decoded response is compared.
 
 Decoding is greedy with the KV cache. Prompts of equal token length are decoded together as one
-batch (`greedy_batch`): the cache is indexed by one shared position, so equal lengths need no
-padding and each row gets exactly the tokens `model.sampling.generate` (the path `tools.chat`
+batch (`model.sampling.generate_batch`): the cache is indexed by one shared position, so equal
+lengths need no padding and each row gets exactly the tokens `generate` (the path `tools.chat`
 uses) gives it alone; `batch_size=1` uses `generate` itself. The tests hold the two equal.
 
     python -m train.evaluate --ckpt runs/tiny/final --data runs/tiny/assets/heldout.json
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from data.alpaca import encode_prompt
-from model.sampling import generate
+from model.sampling import generate, generate_batch
 from model.tokenizer import Tokenizer
 
 
@@ -35,45 +35,6 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     if text.lstrip().startswith("["):
         return json.loads(text)
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-@torch.inference_mode()
-def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int,
-                 eos_id: int | None) -> list[list[int]]:
-    """Greedy continuations (EOS excluded) of prompts that all have the same length, as one batch.
-
-    Stops exactly where `generate` would for each row: at EOS, after `max_new_tokens`, or at the
-    model's `max_seq_len`; the batch ends when every row has stopped.
-    """
-    T = len(prompts[0])
-    if any(len(p) != T for p in prompts):
-        raise ValueError("greedy_batch needs prompts of equal length (group them first)")
-    device = model.tok_embeddings.weight.device
-    total = min(T + max_new_tokens, model.args.max_seq_len)
-    if T >= total:
-        return [[] for _ in prompts]
-    model.setup_caches(len(prompts), total)
-    tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, T)
-    logits = model(tokens, input_pos=torch.arange(T, device=device))  # (B, T, vocab): prefill
-    new: list[list[int]] = [[] for _ in prompts]
-    running = [True] * len(prompts)
-    pos = T
-    while True:
-        next_ids = logits[:, -1].argmax(dim=-1)  # (B,)
-        for i, tok in enumerate(next_ids.tolist()):
-            if not running[i]:
-                continue
-            if eos_id is not None and tok == eos_id:
-                running[i] = False
-                continue
-            new[i].append(tok)
-            if len(new[i]) >= max_new_tokens or pos + 1 > total - 1:
-                running[i] = False
-        if not any(running):
-            return new
-        # Stopped rows keep decoding their last token; their outputs are already final.
-        logits = model(next_ids[:, None], input_pos=torch.tensor([pos], device=device))  # (B, 1, vocab)
-        pos += 1
 
 
 def respond_all(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict[str, Any]],
@@ -95,8 +56,8 @@ def respond_all(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict
         for idx in by_len.values():
             for start in range(0, len(idx), batch_size):
                 chunk = idx[start: start + batch_size]
-                for i, ids in zip(chunk, greedy_batch(model, [prompts[i] for i in chunk], max_new_tokens,
-                                                      tokenizer.eos_id), strict=True):
+                batch = generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, eos_id=tokenizer.eos_id)
+                for i, ids in zip(chunk, batch, strict=True):
                     out[i] = ids
         model.reset_caches()  # batch-sized buffers: free them; the next user sets up its own
     return [tokenizer.decode(ids) for ids in out]
