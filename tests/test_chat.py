@@ -109,7 +109,12 @@ def test_bad_ckpt_is_one_line_and_exit_2(chat_setup, tmp_path, capsys):
     wrong_tok = tmp_path / "wrong_tok"
     shutil.copytree(ckpt, wrong_tok)
     (wrong_tok / "tokenizer.model").write_bytes(b"not a sentencepiece model")
-    for bad, names in ((no_config, "config.json"), (wrong_tok, "tokenizer.model")):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(ckpt, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    for bad, names in ((no_config, "config.json"), (wrong_tok, "tokenizer.model"),
+                       (truncated, "model.safetensors")):
         code, out, err = _chat_in_process(capsys, bad, "--instruction", "hi")
         lines = err.strip().splitlines()
         assert code == 2 and out == ""
@@ -134,3 +139,4 @@ def test_response_stops_at_eos(chat_setup, tmp_path):
     proc = _chat(swapped, "--instruction", instruction, "--temperature", "0", "--max-new-tokens", "6")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == sp.decode(free[:2]) + "\n"
+

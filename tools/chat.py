@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 from data.alpaca import encode_prompt
 from data.prompts import TEMPLATES
@@ -79,8 +78,6 @@ def load(ckpt: Path, tokenizer_path: Path | None, device: str, dtype: torch.dtyp
         model = load_model(ckpt, device=device, dtype=dtype)
     except CheckpointError as e:
         raise ChatError(str(e)) from None
-    except SafetensorError as e:  # load_model names the file in its own errors, not in this one
-        raise ChatError(f"{ckpt}: a weight file is not readable safetensors ({e})") from None
     return model, tokenizer
 
 
