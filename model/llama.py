@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.args import ModelArgs
+from model.loss import chunked_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -216,8 +217,15 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, vocab) in the compute dtype.
+
+        labels (B, T): return instead the summed cross-entropy (fp32 scalar, IGNORE_INDEX
+            skipped), computed a chunk of tokens at a time (model/loss.py): the full fp32
+            `[tokens, vocab]` logits never exist.
+        last_only: logits of the last position only, (B, 1, vocab) (prefill in decoding).
 
         positions (B, T): RoPE positions, default 0..T-1 (packed rows restart at 0 per example).
         document_ids (B, T): attend only within equal ids (and causally): packed examples never
@@ -244,6 +252,9 @@ class Transformer(nn.Module):
         for layer in self.layers:
             h = layer(h, cos, sin, mask, input_pos)
         h = self.norm(h)
-        if self.output is None:
-            return F.linear(h, self.tok_embeddings.weight)  # (B, T, vocab)
-        return self.output(h)  # (B, T, vocab)
+        weight = self.tok_embeddings.weight if self.output is None else self.output.weight
+        if labels is not None:
+            return chunked_cross_entropy(h, weight, labels)  # fp32 scalar
+        if last_only:
+            h = h[:, -1:]  # (B, 1, dim)
+        return F.linear(h, weight)  # (B, T or 1, vocab)

@@ -58,7 +58,8 @@ def generate_batch(
     if model.max_cache_len < total or model.max_cache_batch < B:
         model.setup_caches(B, total)
     tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, T)
-    logits = model(tokens, input_pos=torch.arange(T, device=device))  # (B, T, vocab): prefill
+    # Prefill: the whole prompt into the cache, logits for its last position only.
+    logits = model(tokens, input_pos=torch.arange(T, device=device), last_only=True)  # (B, 1, vocab)
     new: list[list[int]] = [[] for _ in prompts]
     running = [True] * B
     pos = T

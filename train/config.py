@@ -18,7 +18,7 @@ Schema (YAML, every section optional; defaults below):
     model:
       preset: debug              # a name in model.args.PRESETS, or null (default)
       init_from: null            # a project checkpoint dir to fine-tune (its config.json wins)
-      init_on: host              # from scratch: host (world-size independent) | device (sharded, big models)
+      init_on: auto              # from scratch: host (world-size independent) | device (sharded) | auto (host up to 1B params)
       dim: 64                    # ... any ModelArgs field overrides the preset (not with init_from)
     data: {...}                  # data.config.DataConfig (owned by data/; see its docstring)
     optim: {lr, weight_decay, betas, eps, warmup_ratio, grad_clip, schedule, min_lr_ratio}
@@ -55,8 +55,9 @@ class ModelConfig:
     init_from: str | None = None
     # From scratch: "host" initialises the full model on the CPU with the seed (the same weights
     # for any world size); "device" initialises each rank's shards in place (for models too big
-    # to hold on the host once per rank; the weights then depend on the world size).
-    init_on: str = "host"
+    # to hold on the host once per rank; the weights then depend on the world size); "auto" is
+    # host up to train.loop.HOST_INIT_MAX_PARAMS (1B) and device above.
+    init_on: str = "auto"
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -146,7 +147,7 @@ CHOICES = {
     "parallel.activation_checkpointing": ("none", "full", "every_n"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "checkpoint.export_dtype": ("fp32", "bf16", "fp16"),
-    "model.init_on": ("host", "device"),
+    "model.init_on": ("auto", "host", "device"),
 }
 
 
@@ -322,6 +323,10 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError(f"config key 'optim.betas' must be two numbers, got {cfg.optim.betas}")
     if cfg.model.init_from is None and cfg.model.preset is None and not cfg.model.args:
         raise ConfigError("config key 'model': give a preset, ModelArgs fields, or init_from")
+    if cfg.parallel.mixed_precision == "pure_bf16" and cfg.model.init_from is not None:
+        raise ConfigError("parallel.mixed_precision=pure_bf16 is refused for fine-tuning (model.init_from): "
+                          "bf16 weights round away updates as small as lr 2e-5 gives; use bf16 "
+                          "(bf16 compute on fp32 master weights)")
     if cfg.model.init_from is not None and cfg.model.args:
         raise ConfigError(f"config key 'model.{next(iter(cfg.model.args))}' cannot be combined with "
                           "model.init_from (the checkpoint's config.json fixes the architecture)")

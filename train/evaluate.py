@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -104,6 +105,56 @@ def exact_match(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict
     return evaluate_records(model, tokenizer, records, template, max_new_tokens, batch_size)["accuracy"]
 
 
+def _fits(n_bytes: float, device: torch.device, local_world: int) -> tuple[bool, str]:
+    """Room for one full model copy per rank (plus 10% for the KV cache and buffers)?"""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        return n_bytes * 1.1 <= free, f"{free / 1e9:.1f} GB free on {device}"
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return True, ""
+    line = next((x for x in meminfo.read_text().splitlines() if x.startswith("MemAvailable:")), None)
+    if line is None:
+        return True, ""
+    free = int(line.split()[1]) * 1024
+    return n_bytes * 1.1 * local_world <= free, f"{free / 1e9:.1f} GB available on the host for {local_world} rank(s)"
+
+
+def evaluate_on_ranks(ckpt: Path, tokenizer: Tokenizer, records: list[dict[str, Any]], template: str,
+                      max_new_tokens: int, dtype: torch.dtype, info, out_path: Path, say) -> float | None:
+    """Exact match of the exported checkpoint at the end of training, on the training devices.
+
+    Every rank loads the exported model on its own device in `dtype` and decodes its share of
+    the prompts (records[rank::world]) with the KV cache; the counts are summed over ranks. No
+    rank runs a long job while the others wait in a barrier. When one model copy per rank does
+    not fit, the evaluation is skipped with one line saying how to run it afterwards.
+    """
+    from model.checkpoint import load_args, load_model
+    from train.parallel import all_reduce_sum
+
+    need = load_args(ckpt).num_params() * torch.finfo(dtype).bits / 8
+    ok, room = _fits(need, info.device, info.local_world_size)
+    if not all_reduce_sum([0.0 if ok else 1.0], info.device)[0] == 0:
+        say(f"exact match skipped: a {need / 1e9:.1f} GB model copy per rank does not fit ({room}); run "
+            f"python -m train.evaluate --ckpt {ckpt} --data <heldout> --device cuda --dtype bf16")
+        return None
+    mine = records[info.rank::info.world_size]
+    correct = 0.0
+    if mine:
+        model = load_model(ckpt, device=info.device, dtype=dtype)
+        result = evaluate_records(model, tokenizer, mine, template, max_new_tokens)
+        correct = round(result["accuracy"] * result["n"])
+        del model
+    total_correct, n = all_reduce_sum([correct, float(len(mine))], info.device)
+    acc = total_correct / max(n, 1.0)
+    if info.is_main:
+        print(format_result(acc, int(n)), flush=True)
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        tmp.write_text(json.dumps({"exact_match": acc, "n": int(n)}) + "\n")
+        os.replace(tmp, out_path)
+    return acc
+
+
 def format_result(accuracy: float, n: int) -> str:
     """The one line `make train` ends with (the train loop prints it; kept here so it is one string)."""
     return f"exact-match accuracy on {n} held-out prompts: {accuracy:.3f}"
@@ -118,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--limit", type=int, help="evaluate only the first N records")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (1: one at a time)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to decode (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                        help="model dtype (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--show-misses", type=int, default=5, help="print up to N wrong answers")
     args = parser.parse_args(argv)
 
@@ -140,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     if bad is not None:
         print(f"error: {args.data}: record {bad} needs string 'instruction' and 'output'", file=sys.stderr)
         return 2
-    model = load_model(args.ckpt)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    dtype = dtypes[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    model = load_model(args.ckpt, device=device, dtype=dtype)
     result = evaluate_records(model, Tokenizer(tok_path), records, args.template, args.max_new_tokens,
                               args.batch_size)
     for miss in result["misses"][: args.show_misses]:

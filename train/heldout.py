@@ -5,33 +5,29 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from data.alpaca import IGNORE_INDEX, encode_prompt
+from data.alpaca import encode_prompt
 from data.prompts import format_prompt
 from train.parallel import all_reduce_sum
+from train.step import to_device
 
 
 @torch.no_grad()
 def heldout_loss(model: torch.nn.Module, loader, max_batches: int, device: torch.device) -> dict[str, float]:
     """Token-level mean CE over the held-out set (summed over ranks, divided by all targets)."""
     model.eval()
-    loss_sum, targets = 0.0, 0
+    loss_sum, targets = torch.zeros((), dtype=torch.float64, device=device), 0
     # one_pass(): every held-out example once, the same number of batches on every rank.
     for i, b in enumerate(loader.one_pass()):
         if max_batches > 0 and i >= max_batches:
             break
-        logits = model(b["tokens"].to(device), _opt(b["positions"], device), _opt(b["document_ids"], device))
-        loss_sum += float(F.cross_entropy(logits.float().flatten(0, 1), b["labels"].to(device).flatten(),
-                                          ignore_index=IGNORE_INDEX, reduction="sum"))
+        b = to_device(b, device)
+        # The training loss's own chunked cross-entropy (model/loss.py), summed on the device.
+        loss_sum += model(b["tokens"], b["positions"], b["document_ids"], labels=b["labels"]).double()
         targets += b["num_targets"]
-    total, count = all_reduce_sum([loss_sum, targets], device)
+    total, count = all_reduce_sum([float(loss_sum), targets], device)
     model.train()
     return {"eval_loss": total / max(count, 1), "eval_targets": count}
-
-
-def _opt(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if t is None else t.to(device)
 
 
 @torch.no_grad()
@@ -51,7 +47,7 @@ def sample_responses(model: torch.nn.Module, tokenizer, records: list[dict], tem
         new: list[int] = []
         while len(new) < max_new_tokens and len(ids) + len(new) < max_len:
             x = torch.tensor([ids + new], dtype=torch.long, device=device)  # (1, T)
-            tok = model(x)[0, -1].float().argmax().reshape(1)
+            tok = model(x, last_only=True)[0, -1].float().argmax().reshape(1)
             if dist.is_initialized() and dist.get_world_size() > 1:
                 dist.broadcast(tok, src=0)
             if int(tok) == tokenizer.eos_id:

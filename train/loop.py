@@ -14,9 +14,6 @@ metrics.py; nothing here is hidden behind callbacks.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import os
 import random
 import signal
 import time
@@ -25,10 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch.distributed.tensor import DTensor
 
-from data.alpaca import IGNORE_INDEX, load_records
+from data.alpaca import load_records
 from data.loader import AlpacaLoader
 from model.args import ModelArgs
 from model.checkpoint import load_args, load_state_dict
@@ -38,7 +33,9 @@ from train import checkpoint as ckpt
 from train import parallel
 from train.config import ConfigError, TrainConfig, save_config
 from train.faults import fault_point
+from train.evaluate import evaluate_on_ranks
 from train.heldout import heldout_loss, sample_responses
+from train.step import to_device, train_step
 from train.metrics import MetricsLogger, Throughput
 from train.optim import build_optimizer, build_scheduler
 
@@ -76,15 +73,30 @@ def model_args(cfg: TrainConfig, tokenizer: Tokenizer) -> ModelArgs:
     return args
 
 
+# From scratch, a model above this size is initialised shard by shard on the devices (init_on:
+# auto): a host copy per rank is 4 bytes x params x ranks per node, 224 GB for 7B on 8 GPUs.
+HOST_INIT_MAX_PARAMS = 1_000_000_000
+
+
+def init_on(cfg: TrainConfig, args: ModelArgs) -> str:
+    if cfg.model.init_on != "auto":
+        return cfg.model.init_on
+    return "host" if args.num_params() <= HOST_INIT_MAX_PARAMS else "device"
+
+
 def build_model(cfg: TrainConfig, args: ModelArgs, mesh, info: parallel.DistInfo) -> Transformer:
-    """A sharded model on `info.device`, initialised from scratch or from `model.init_from`."""
+    """A sharded model on `info.device`, initialised from scratch or from `model.init_from`.
+
+    Every path builds on the meta device first (no memory) and then draws the same random
+    numbers in the same order (seed, then `init_weights`), so on one rank host and device
+    initialisation give the same weights (tests/test_train_memory.py)."""
     pcfg = cfg.parallel
-    if cfg.model.init_from or cfg.model.init_on == "device":
-        # Build on the meta device (no memory), shard, allocate only this rank's shards, then
-        # fill them: from the checkpoint rank 0 reads, or with a fresh init of each shard.
-        with torch.device("meta"):
-            model = Transformer(args)
-        model.to(parallel.param_dtype(pcfg))
+    with torch.device("meta"):
+        model = Transformer(args)
+    model.to(parallel.param_dtype(pcfg))
+    if cfg.model.init_from or init_on(cfg, args) == "device":
+        # Shard, allocate only this rank's shards, then fill them: from the checkpoint rank 0
+        # reads, or with a fresh init of each shard.
         _wrap(model, mesh, pcfg)
         model.to_empty(device=info.device)
         if cfg.model.init_from:
@@ -95,13 +107,12 @@ def build_model(cfg: TrainConfig, args: ModelArgs, mesh, info: parallel.DistInfo
             torch.manual_seed(cfg.seed)
             model.init_weights()  # on DTensor shards
     else:
-        # From scratch: the full model is initialised on the host with the run's seed, so the
-        # weights do not depend on the world size (that is what makes world 1 == world 2 testable);
+        # Host: the full model is initialised on the CPU with the run's seed, so the weights do
+        # not depend on the world size (that is what makes world 1 == world 2 testable);
         # fully_shard then keeps only this rank's shard and moves it to the device.
+        model.to_empty(device="cpu")
         torch.manual_seed(cfg.seed)
-        model = Transformer(args)
         model.init_weights()
-        model.to(parallel.param_dtype(pcfg))
         _wrap(model, mesh, pcfg)
     return model
 
@@ -128,17 +139,6 @@ def prepare_data(cfg: TrainConfig, info: parallel.DistInfo) -> None:
     cfg.data = dataclasses.replace(cfg.data, paths=[assets["train"]])
     cfg.tokenizer = cfg.tokenizer or assets["tokenizer"]
     cfg.eval.heldout = cfg.eval.heldout or assets["heldout"]
-
-
-def real_tokens(batch: dict) -> int:
-    """Non-padding input tokens (the loader counts them; rows are right-padded and end with a
-    target, so 1 + the index of a row's last target is the fallback)."""
-    if "num_tokens" in batch:
-        return int(batch["num_tokens"])
-    labels = batch["labels"]
-    has = labels != IGNORE_INDEX  # (B, T)
-    idx = torch.arange(labels.shape[1]).expand_as(labels)
-    return int(torch.where(has, idx + 1, 0).amax(dim=1).sum())
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -209,69 +209,38 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
 
     def save_state() -> None:
         train_state = {"step": step, "nonfinite_in_a_row": nonfinite_in_a_row, "scheduler": scheduler.state_dict(),
-                       "loader": loader.state_dict(), "rng": ckpt.rng_state(info.device)}
+                       "loader": loader_state, "rng": ckpt.rng_state(info.device)}
         path = ckpt.save(ckpt_root, step, model, optimizer, train_state, info, cfg.checkpoint.keep)
         logger.message(f"saved checkpoint {path}")
 
     # ------------------------------------------------------------ the loop
     batches = iter(loader)
     row: dict = {}
-    dp_world = info.world_size
+    loader_state = loader.state_dict()  # the position after the last *completed* step
+    next_batches = [to_device(next(batches), info.device) for _ in range(accum)]
     while step < total_steps:
         t0 = time.perf_counter()
-        micro_batches = [next(batches) for _ in range(accum)]
-        # The step's loss is sum(token CE) / (targets in the whole step, all ranks): count first.
-        local_targets = sum(b["num_targets"] for b in micro_batches)
-        local_tokens = sum(real_tokens(b) for b in micro_batches)
-        step_targets, step_tokens = parallel.all_reduce_sum([local_targets, local_tokens], info.device)
-
-        loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
-        for i, b in enumerate(micro_batches):
-            # Reduce-scatter gradients only once, after the last micro-batch has added its share.
-            model.set_requires_gradient_sync(i == accum - 1)
-            tokens, labels = b["tokens"].to(info.device), b["labels"].to(info.device)
-            positions = None if b["positions"] is None else b["positions"].to(info.device)
-            doc_ids = None if b["document_ids"] is None else b["document_ids"].to(info.device)
-            logits = model(tokens, positions, doc_ids)  # (B, T, vocab), compute dtype
-            token_loss_sum = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                                             ignore_index=IGNORE_INDEX, reduction="sum")
-            # FSDP averages gradients over the dp_world ranks; scaling by dp_world turns that
-            # average back into the sum, so the gradient is exactly d(total / step_targets).
-            (token_loss_sum * (dp_world / max(step_targets, 1.0))).backward()
-            loss_sum += token_loss_sum.detach().double()
-            del logits
-
-        # One collective agrees on the step's loss and on whether any rank was told to stop.
-        total_loss, stop_votes = parallel.all_reduce_sum([float(loss_sum), float(stop.requested)], info.device)
-        loss = total_loss / max(step_targets, 1.0)
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
-        if isinstance(grad_norm, DTensor):
-            grad_norm = grad_norm.full_tensor()
-        grad_norm = float(grad_norm)
+        micro_batches = next_batches
         lr = scheduler.get_last_lr()[0]
-
-        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
-        if skipped:
-            # Leave weights, optimizer moments and the schedule untouched; the data moves on.
+        result = train_step(model, optimizer, scheduler, micro_batches, cfg.parallel, cfg.optim.grad_clip,
+                            stop.requested, info.device)
+        step += 1
+        loader_state, epoch = loader.state_dict(), loader.epoch
+        if step < total_steps:  # prepared on the host while the device runs the optimizer step
+            next_batches = [to_device(next(batches), info.device) for _ in range(accum)]
+        step_time = time.perf_counter() - t0
+        if result.skipped:
             nonfinite_in_a_row += 1
-            logger.message(f"step {step + 1}: non-finite loss {loss} / grad norm {grad_norm}, step skipped "
-                           f"({nonfinite_in_a_row} in a row, max_nonfinite={cfg.max_nonfinite})")
+            logger.message(f"step {step}: non-finite loss {result.loss} / grad norm {result.grad_norm}, step "
+                           f"skipped ({nonfinite_in_a_row} in a row, max_nonfinite={cfg.max_nonfinite})")
         else:
             nonfinite_in_a_row = 0
-            optimizer.step()
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if info.device.type == "cuda":
-            torch.cuda.synchronize(info.device)
-        step_time = time.perf_counter() - t0
 
         # ------------------------------------------------------------ logging
         seq_len = micro_batches[0]["tokens"].shape[1]
-        row = {"step": step, "epoch": loader.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-               "tokens": int(step_tokens), "targets": int(step_targets), "seq_len": seq_len, "skipped": skipped,
-               **throughput.measure(step_time, step_tokens, seq_len, total_steps - step)}
+        row = {"step": step, "epoch": epoch, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+               "tokens": result.tokens, "targets": result.targets, "seq_len": seq_len, "skipped": result.skipped,
+               **throughput.measure(step_time, result.tokens, seq_len, total_steps - step)}
         logger.log_step(row, total_steps, print_line=step % cfg.log.every == 0 or step in (1, total_steps))
         if nonfinite_in_a_row > cfg.max_nonfinite:
             raise TrainingError(f"stopping: {nonfinite_in_a_row} non-finite steps in a row at step {step} "
@@ -286,7 +255,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
                                        cfg.eval.max_new_tokens, info.device)
             logger.log_eval(step, values, samples)
 
-        if stop_votes > 0:  # SIGTERM (preemption): save where we are and leave cleanly
+        if result.stop_votes > 0:  # SIGTERM (preemption): save where we are and leave cleanly
             save_state()
             logger.message(f"stopped by signal at step {step}; resume with resume=auto")
             logger.close()
@@ -299,24 +268,14 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         final = ckpt.export(model, args, out_dir / "final", tokenizer_path,
                             EXPORT_DTYPES[cfg.checkpoint.export_dtype], info)
         logger.message(f"exported {final}")
-        if cfg.eval.exact_match and cfg.eval.heldout and info.is_main:
-            evaluate_export(cfg, final, tokenizer, out_dir)
-        dist.barrier()
+        if cfg.eval.exact_match and cfg.eval.heldout:
+            # Free the sharded model and optimizer state, then every rank evaluates its share of
+            # the prompts with the exported model on its own device, in the training dtype.
+            del model, optimizer, scheduler
+            micro_batches = next_batches = None  # noqa: F841 (device tensors)
+            parallel.release_memory(info.device)
+            evaluate_on_ranks(final, tokenizer, load_records(cfg.eval.heldout), cfg.data.template,
+                              cfg.eval.max_new_tokens, parallel.compute_dtype(cfg.parallel), info,
+                              out_dir / "eval.json", logger.message)
     logger.close()
     return row if info.is_main else {}
-
-
-def evaluate_export(cfg: TrainConfig, final: Path, tokenizer: Tokenizer, out_dir: Path) -> None:
-    """Greedy exact match (KV cache) of the exported checkpoint on the held-out prompts: the
-    artefact users will chat with is the one that is measured."""
-    from model.checkpoint import load_model
-    from train.evaluate import exact_match, format_result, load_records
-
-    model = load_model(final)
-    records = load_records(cfg.eval.heldout)
-    acc = exact_match(model, tokenizer, records, template=cfg.data.template,
-                      max_new_tokens=cfg.eval.max_new_tokens)
-    print(format_result(acc, len(records)), flush=True)
-    tmp = out_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps({"exact_match": acc, "n": len(records)}) + "\n")
-    os.replace(tmp, out_dir / "eval.json")

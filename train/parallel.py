@@ -99,6 +99,20 @@ def param_dtype(cfg: ParallelConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.mixed_precision == "pure_bf16" else torch.float32
 
 
+def release_memory(device: torch.device) -> None:
+    """Return freed tensors' memory (after dropping the training state) before a new allocation."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def compute_dtype(cfg: ParallelConfig) -> torch.dtype:
+    """dtype the forward runs in (what evaluation after training uses too)."""
+    return torch.float32 if cfg.mixed_precision == "fp32" else torch.bfloat16
+
+
 def apply_activation_checkpointing(model: torch.nn.Module, cfg: ParallelConfig) -> None:
     """Recompute a layer's activations in backward instead of storing them: memory for compute.
     `full` wraps every layer; `every_n` wraps layers 0, n, 2n, ... (a middle ground)."""

@@ -1,0 +1,101 @@
+"""One optimizer step: `train_step(micro_batches)` -> loss, grad norm, skipped.
+
+What it guarantees:
+- The step's loss is sum(token CE over all micro-batches and ranks) / (targets of the whole
+  step), however the global batch is split into ranks x micro-batch x accumulation.
+- No unsharded gradient outlives a micro-batch under sharded FSDP (`full`, `hybrid`): gradients
+  are reduce-scattered after every micro-batch, as torchtitan does. Holding them unsharded until
+  the last micro-batch (FSDP2's `set_requires_gradient_sync(False)`) keeps a full fp32 gradient
+  per rank: +27 GB at 7B. Only `fsdp: none` (replicated) accumulates locally and all-reduces
+  once, since there a rank's gradient is full-size either way. `hybrid` reduce-scatters inside
+  the shard group every micro-batch and all-reduces across replicas (the slow link) once.
+- One device-to-host synchronisation per step: the targets count is all-reduced and used on the
+  device, and the loss, grad norm and stop vote are read together once, to decide the skip.
+- The loss is the model's chunked cross-entropy (model/loss.py): the fp32 `[tokens, vocab]`
+  logits never exist.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from train.config import ParallelConfig
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    tokens: int  # real (non-padding) input tokens, all ranks
+    targets: int  # trained tokens, all ranks
+    skipped: bool  # non-finite loss or gradient: weights, moments and schedule left untouched
+    stop_votes: int  # ranks that were asked to stop (SIGTERM/SIGINT) before the step ended
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on `device`; on CUDA from pinned memory without blocking the host."""
+    cuda = device.type == "cuda"
+    out = dict(batch)
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = (v.pin_memory() if cuda else v).to(device, non_blocking=cuda)
+    return out
+
+
+def set_gradient_sync(model: torch.nn.Module, pcfg: ParallelConfig, last_micro_batch: bool) -> None:
+    """Which gradient collectives run after this micro-batch's backward (see the module doc)."""
+    if pcfg.fsdp == "none":
+        model.set_requires_gradient_sync(last_micro_batch)
+    elif pcfg.fsdp == "hybrid":
+        model.set_requires_all_reduce(last_micro_batch)
+    # full: reduce-scatter every micro-batch (the FSDP2 default).
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+               micro_batches: list[dict], pcfg: ParallelConfig, grad_clip: float,
+               stop_requested: bool, device: torch.device) -> StepResult:
+    """Forward/backward every micro-batch (already on `device`), clip, then AdamW unless non-finite."""
+    dp_world = dist.get_world_size() if dist.is_initialized() else 1
+    # Targets and real tokens of the whole step, all ranks, counted before any backward:
+    # the gradient of each micro-batch is scaled by 1 / (step's targets) on the device.
+    counts = _all_reduce(torch.tensor([sum(b["num_targets"] for b in micro_batches),
+                                       sum(b["num_tokens"] for b in micro_batches)],
+                                      dtype=torch.float64, device=device))
+    # FSDP averages gradients over the dp_world ranks; scaling by dp_world turns that average
+    # back into the sum, so the gradient is exactly d(total loss / step targets).
+    grad_scale = (dp_world / counts[0].clamp(min=1.0)).float()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for i, b in enumerate(micro_batches):
+        set_gradient_sync(model, pcfg, i == len(micro_batches) - 1)
+        token_loss_sum = model(b["tokens"], b["positions"], b["document_ids"], labels=b["labels"])
+        (token_loss_sum * grad_scale).backward()
+        loss_sum += token_loss_sum.detach().double()
+
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf,
+                                               foreach=True)
+    if isinstance(grad_norm, DTensor):
+        grad_norm = grad_norm.full_tensor()
+    # Loss and stop votes summed over ranks in one collective; then the step's one host read.
+    totals = _all_reduce(torch.stack([loss_sum, torch.tensor(float(stop_requested), dtype=torch.float64,
+                                                                   device=device)]))
+    loss_total, stop_votes, grad_norm_f, targets, tokens = torch.cat(
+        [totals, grad_norm.detach().double().reshape(1), counts]).tolist()
+    loss = loss_total / max(targets, 1.0)
+
+    skipped = not (math.isfinite(loss) and math.isfinite(grad_norm_f))
+    if not skipped:
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss, grad_norm_f, int(tokens), int(targets), skipped, int(stop_votes))
