@@ -1,8 +1,10 @@
 """Examples -> batch dicts (docs/DESIGN.md): padded to the longest, or packed into rows.
 
 A batch: tokens [B, T], labels [B, T] (already shifted; IGNORE_INDEX where there is no target),
-positions [B, T] | None, document_ids [B, T] | None, num_targets (int), and num_tokens (int:
-real, non-padding tokens, for throughput). Both layouts give the
+positions [B, T] | None, document_ids [B, T] | None, num_targets (int), num_tokens (int:
+real, non-padding tokens, for throughput) and doc_lens (list of B lists of ints: the lengths of
+the real examples of each row, in row order; the row's remaining T - sum is padding; for counting
+attention FLOPs per document). Both layouts give the
 same per-token losses for the same examples: padding sits on the right and is masked, and a
 packed row restarts RoPE positions at 0 per example and gives each example its own document id,
 so attention is block-diagonal causal and no token sees another example.
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from data.alpaca import IGNORE_INDEX
-from data.sampler import pack_rows
+from data.packing import pack_rows
 
 Example = tuple[Sequence[int], Sequence[int]]  # (tokens, labels) of equal length
 
@@ -38,7 +40,8 @@ def collate_padded(examples: Sequence[Example], pad_id: int) -> dict:
         tokens[b, : len(t)] = torch.as_tensor(np.asarray(t, dtype=np.int64))
         labels[b, : len(lab)] = torch.as_tensor(np.asarray(lab, dtype=np.int64))
     return {"tokens": tokens, "labels": labels, "positions": None, "document_ids": None,
-            "num_targets": _num_targets(labels), "num_tokens": _num_tokens(examples)}
+            "num_targets": _num_targets(labels), "num_tokens": _num_tokens(examples),
+            "doc_lens": [[len(t)] for t, _ in examples]}
 
 
 def collate_rows(rows: Sequence[Sequence[Example]], pack_len: int, pad_id: int) -> dict:
@@ -64,7 +67,8 @@ def collate_rows(rows: Sequence[Sequence[Example]], pack_len: int, pad_id: int) 
         positions[b, s:] = torch.arange(pack_len - s)
         document_ids[b, s:] = len(row)
     return {"tokens": tokens, "labels": labels, "positions": positions, "document_ids": document_ids,
-            "num_targets": _num_targets(labels), "num_tokens": sum(_num_tokens(row) for row in rows)}
+            "num_targets": _num_targets(labels), "num_tokens": sum(_num_tokens(row) for row in rows),
+            "doc_lens": [[len(t) for t, _ in row] for row in rows]}
 
 
 def collate_packed(examples: Sequence[Example], pack_len: int, pad_id: int) -> dict:

@@ -11,7 +11,8 @@ from data.alpaca import IGNORE_INDEX, DataError
 from data.collate import collate_padded, collate_rows
 from data.config import DataConfig
 from data.dataset import load_dataset
-from data.sampler import AlpacaSampler, pack_rows
+from data.packing import pack
+from data.sampler import AlpacaSampler
 
 
 class AlpacaLoader:
@@ -30,7 +31,7 @@ class AlpacaLoader:
         self.dataset = load_dataset(cfg, tokenizer, seed)
         self.sampler = AlpacaSampler(self.dataset.lengths, micro_batch_size, rank, world_size, seed,
                                      grad_accum, cfg.group_by_length, cfg.megabatch_size,
-                                     cfg.pack_len if cfg.packing else None)
+                                     cfg.pack_len if cfg.packing else None, cfg.pack_strategy, cfg.pack_window)
 
     def _check_fills_a_step(self) -> None:
         # Checked when training starts, not at construction: a small held-out set is fine for
@@ -76,7 +77,8 @@ class AlpacaLoader:
         summed loss. The training position is untouched."""
         order = np.arange(len(self.dataset))
         if self.cfg.packing:
-            units = [order[row] for row in pack_rows(self.dataset.lengths, self.cfg.pack_len)]
+            rows = pack(self.dataset.lengths, self.cfg.pack_len, self.cfg.pack_strategy, self.cfg.pack_window)
+            units = [order[row] for row in rows]
         else:
             units = list(order[:, None])
         micro, world, rank = self.sampler.micro, self.sampler.world, self.sampler.rank

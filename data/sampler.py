@@ -2,7 +2,8 @@
 
 Each epoch the example ids are permuted with a generator seeded by (seed, epoch); optionally
 each megabatch of `megabatch_size` ids is sorted by length (longest first), and with packing the
-stream is cut into rows of pack_len tokens (next-fit). The resulting stream of *units* (an
+stream is packed into rows of pack_len tokens (best-fit decreasing within windows of the stream, or
+next-fit; data/packing.py). The resulting stream of *units* (an
 example, or a packed row) is cut into slots of `micro_batch_size` units and rank r takes slots
 r, r + W, r + 2W, ... Since nothing before the slot cut depends on the batch split, one global
 step holds the same examples however it is split: world 1 x batch 4, world 2 x batch 2 and
@@ -15,25 +16,12 @@ step has the full global batch; the next epoch's shuffle leaves out different ex
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 
-
-def pack_rows(lengths: Sequence[int] | np.ndarray, pack_len: int) -> list[list[int]]:
-    """Next-fit packing in the given order: indices of the examples of each row. Keeping the
-    order keeps the sampler's shuffle (a row is a contiguous run of the epoch's stream)."""
-    rows: list[list[int]] = []
-    used = pack_len + 1  # forces a new row for the first example
-    for i, n in enumerate(lengths):
-        if n > pack_len:
-            raise ValueError(f"an example of {n} tokens does not fit pack_len {pack_len}")
-        if used + n > pack_len:
-            rows.append([])
-            used = 0
-        rows[-1].append(i)
-        used += n
-    return rows
+# pack_rows (next-fit) stays importable from here, where it used to live.
+from data.packing import STRATEGIES, pack, pack_rows  # noqa: F401
 
 
 class AlpacaSampler:
@@ -41,7 +29,8 @@ class AlpacaSampler:
 
     def __init__(self, lengths: np.ndarray, micro_batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, grad_accum: int = 1, group_by_length: bool = False,
-                 megabatch_size: int = 512, pack_len: int | None = None):
+                 megabatch_size: int = 512, pack_len: int | None = None, pack_strategy: str = "best_fit",
+                 pack_window: int = 1000):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of {world_size}")
         if min(micro_batch_size, grad_accum, megabatch_size) < 1:
@@ -49,7 +38,10 @@ class AlpacaSampler:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.micro, self.rank, self.world, self.accum = micro_batch_size, rank, world_size, grad_accum
         self.seed, self.group_by_length, self.megabatch_size = seed, group_by_length, megabatch_size
-        self.pack_len = pack_len
+        if pack_strategy not in STRATEGIES or pack_window < 1:
+            raise ValueError(f"pack_strategy must be one of {STRATEGIES} and pack_window positive, "
+                             f"got {pack_strategy!r}, {pack_window!r}")
+        self.pack_len, self.pack_strategy, self.pack_window = pack_len, pack_strategy, pack_window
         self.epoch, self.position = 0, 0
         self._plan_epoch: int | None = None
         self._plan: list[list[np.ndarray]] = []
@@ -63,7 +55,10 @@ class AlpacaSampler:
             order = np.concatenate([p[np.argsort(-self.lengths[p], kind="stable")] for p in parts])
         if self.pack_len is None:
             return list(order[:, None])
-        return [order[row] for row in pack_rows(self.lengths[order], self.pack_len)]
+        # Its own generator for the order of rows within a window, so the example shuffle is untouched.
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        rows = pack(self.lengths[order], self.pack_len, self.pack_strategy, self.pack_window, rng)
+        return [order[row] for row in rows]
 
     @property
     def units_per_step(self) -> int:
@@ -104,14 +99,22 @@ class AlpacaSampler:
         split of the same global batch (other world size or micro-batch size)."""
         return {"epoch": self.epoch, "units_consumed": self.position * self.micro * self.world,
                 "seed": self.seed, "num_examples": len(self.lengths), "pack_len": self.pack_len,
-                "group_by_length": self.group_by_length, "megabatch_size": self.megabatch_size}
+                "group_by_length": self.group_by_length, "megabatch_size": self.megabatch_size,
+                "pack_strategy": self.pack_strategy, "pack_window": self.pack_window}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where `state` was taken: same data and stream, any batch split that
         divides the units consumed so far (always true at an optimizer-step boundary)."""
         mine = self.state_dict()
-        for key in ("seed", "num_examples", "pack_len", "group_by_length", "megabatch_size"):
+        # States saved before best-fit existed were packed next-fit.
+        state = {"pack_strategy": "next_fit", "pack_window": None, **state}
+        for key in ("seed", "num_examples", "pack_len", "group_by_length", "megabatch_size",
+                    "pack_strategy", "pack_window"):
             if key == "megabatch_size" and not self.group_by_length:
+                continue
+            if key == "pack_strategy" and self.pack_len is None:
+                continue  # unpacked: the packer is irrelevant
+            if key == "pack_window" and (self.pack_len is None or self.pack_strategy != "best_fit"):
                 continue
             if state[key] != mine[key]:
                 raise ValueError(f"sampler state has {key}={state[key]!r}, this run {mine[key]!r}")

@@ -1,14 +1,16 @@
 """How a dataset tokenizes and batches: one JSON object, for sizing max_len / batch / packing.
 
     python -m tools.data_stats --data FILE [FILE ...] --tokenizer FILE \\
-        [--max-len 512 --batch-size 4 --pack-len 2048 --template alpaca]
+        [--max-len 512 --batch-size 4 --pack-len 2048 --pack-strategy best_fit --pack-window 1000
+         --template alpaca]
 
 Token counts are what the model processes: an example of sequence length L ([BOS] + prompt +
 output + [EOS], cut to max_len) is L - 1 input tokens. Both efficiencies are measured in the
 order training sees (the sampler's epoch-0 shuffle for --seed, one rank):
 padding_efficiency = real tokens / (batch_size x longest) summed over consecutive batches, and
-packing_efficiency = real tokens / (rows x pack_len) with next-fit packing. Bad data exits 2
-with one line naming the file, record and field.
+packing_efficiency = real tokens / (rows x pack_len) with --pack-strategy; `packing` gives the
+efficiency and row count of both strategies side by side. Bad data exits 2 with one line naming
+the file, record and field.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from data.alpaca import IGNORE_INDEX, DataError, read_records
 from data.config import DataConfig
 from data.dataset import load_dataset
+from data.packing import STRATEGIES
 from data.sampler import AlpacaSampler
 
 
@@ -35,7 +38,12 @@ def compute_stats(cfg: DataConfig, tokenizer, batch_size: int, seed: int = 0) ->
     lengths = ds.lengths
     order = np.concatenate(AlpacaSampler(lengths, batch_size, seed=seed, group_by_length=cfg.group_by_length,
                                          megabatch_size=cfg.megabatch_size).units(0))
-    rows = AlpacaSampler(lengths, 1, seed=seed, pack_len=cfg.pack_len).units(0)
+    packing = {}
+    for strategy in STRATEGIES:
+        rows = AlpacaSampler(lengths, 1, seed=seed, pack_len=cfg.pack_len, pack_strategy=strategy,
+                             pack_window=cfg.pack_window).units(0)
+        packing[strategy] = {"efficiency": round(float(lengths.sum() / (len(rows) * cfg.pack_len)), 4),
+                             "rows": len(rows)}
     targets = sum(int((ds[i][1] != IGNORE_INDEX).sum()) for i in range(len(ds)))
     stats = ds.stats
     return {
@@ -49,11 +57,14 @@ def compute_stats(cfg: DataConfig, tokenizer, batch_size: int, seed: int = 0) ->
         "mean_tokens": round(float(lengths.mean()), 1),
         "max_tokens": int(lengths.max()),
         "padding_efficiency": round(padding_efficiency(lengths, order, batch_size), 4),
-        "packing_efficiency": round(float(lengths.sum() / (len(rows) * cfg.pack_len)), 4),
-        "packed_rows": len(rows),
+        "packing_efficiency": packing[cfg.pack_strategy]["efficiency"],
+        "packed_rows": packing[cfg.pack_strategy]["rows"],
+        "packing": packing,
         "max_len": cfg.max_len,
         "batch_size": batch_size,
         "pack_len": cfg.pack_len,
+        "pack_strategy": cfg.pack_strategy,
+        "pack_window": cfg.pack_window,
         "template": cfg.template,
         "group_by_length": cfg.group_by_length,
     }
@@ -66,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--pack-len", type=int, default=2048)
+    p.add_argument("--pack-strategy", choices=STRATEGIES, default="best_fit",
+                   help="the packer behind packing_efficiency / packed_rows (both are in `packing`)")
+    p.add_argument("--pack-window", type=int, default=1000, help="best-fit window, in examples")
     p.add_argument("--template", default="alpaca")
     p.add_argument("--group-by-length", action="store_true", help="padding efficiency with length grouping")
     p.add_argument("--megabatch-size", type=int, default=512)
@@ -83,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
         tokenizer = Tokenizer(a.tokenizer)
         cfg = DataConfig(paths=a.data, template=a.template, max_len=a.max_len, skip_invalid=a.skip_invalid,
-                         packing=True, pack_len=a.pack_len, group_by_length=a.group_by_length,
+                         packing=True, pack_len=a.pack_len, pack_strategy=a.pack_strategy,
+                         pack_window=a.pack_window, group_by_length=a.group_by_length,
                          megabatch_size=a.megabatch_size, cache_dir=a.cache_dir or None, num_proc=a.num_proc)
         print(json.dumps(compute_stats(cfg, tokenizer, a.batch_size, a.seed)))
     except (DataError, FileNotFoundError) as e:
