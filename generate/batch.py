@@ -164,6 +164,8 @@ def run_batch_rounds(gen, replay) -> str:
                 sub = _submit(jobs, gen, start, end, prompts, files.get(start))
                 submits.append(sub)
             answers = _collect(jobs, gen, sub["batch_id"], prompts)
+            for _ in answers:
+                gen.client.usage.add()  # answered requests of this invocation, as in synchronous mode
             for b in range(batch, end):
                 if b not in completions:
                     completions[b] = answers.get(b) or Completion("", None, 0, 0, empty_reason="batch_request_failed")

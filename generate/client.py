@@ -88,6 +88,8 @@ class ModelClient:
         self._limiter = RateLimiter(config.rate_limit.requests_per_minute,
                                     config.rate_limit.tokens_per_minute)
         self.sdk = openai.OpenAI(api_key=api_key, base_url=config.base_url, max_retries=0)
+        self._probe = threading.Lock()
+        self._learned = threading.Event()
 
     @property
     def max_tokens(self) -> int:
@@ -140,6 +142,18 @@ class ModelClient:
         return f"adapted to the server ({change})"
 
     def complete(self, prompt: str) -> Completion:
+        """One prompt, answered. Until one request has succeeded, requests go one at a time: the
+        first answer teaches the request shape (an unsupported parameter, the context size) to
+        all, so a concurrent run learns it once instead of once per thread."""
+        if not self._learned.is_set():
+            with self._probe:
+                if not self._learned.is_set():
+                    completion = self._complete(prompt)
+                    self._learned.set()
+                    return completion
+        return self._complete(prompt)
+
+    def _complete(self, prompt: str) -> Completion:
         """One prompt with at most `retry.max_retries` transient retries; StopRun when they are spent.
 
         Adaptations (context shrink, parameter switch, budget raise) are bounded by themselves

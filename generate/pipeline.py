@@ -71,6 +71,7 @@ class Generator:
         self.client = client or ModelClient(config, api_key)
         self.client.on_adapt = self._on_adapt
         self.journal: Journal | None = None
+        self.adaptations: list[dict] = []
         self.dedup = RougeDedup(config.dedup.threshold, config.dedup.workers, config.dedup.top_k,
                                 config.dedup.avg_sample)
         self.kept: list[Kept] = []
@@ -170,10 +171,11 @@ class Generator:
 
     def _on_adapt(self, change: dict, why: str) -> None:
         """The request shape changed (server's 400, context size, reasoning budget): journal it
-        so a resumed run starts adapted, and say it once."""
+        so a resumed run starts adapted; the summary lists this run's adaptations. (Not printed
+        as it happens: a run that then fails must still end with exactly one line on stderr.)"""
         if self.journal is not None:
             self.journal.append({"type": "adapt", "change": change, "why": why}, sync=True)
-        print(f"note: adapted the requests to the server: {change} ({why})", file=sys.stderr)
+        self.adaptations.append({**change, "why": why})
 
     def cost_usd(self) -> float:
         discount = self.config.batch.discount if self.config.api == "batch" else 1.0
@@ -205,8 +207,6 @@ class Generator:
     def run(self) -> RunResult:
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.price_note:
-            print(self.price_note, file=sys.stderr)
         journal = self.journal = Journal(self.out / "journal.jsonl")
         replay = journal.open(self._header())
         for rec in replay.run_records:  # what an earlier run learnt about the server
@@ -240,7 +240,10 @@ class Generator:
         # Requests/retries/errors are this invocation's; tokens and cost include resumed work.
         usage = {**this_run, **{f"{k}_tokens": v for k, v in self.tokens.items()},
                  "tokens_estimated_responses": self.estimated,
-                 "cost_usd": round(self.cost_usd(), 6), "priced": self.price is not None}
+                 "cost_usd": round(self.cost_usd(), 6), "priced": self.price is not None,
+                 "adaptations": self.adaptations}
+        if self.price_note:  # said once, here (local server, or a deliberately uncapped run)
+            usage["price_note"] = self.price_note
         return RunResult(self.kept[:c.num_instructions], self.rejected, stop, usage)
 
     def _run_sync(self, batch: int, pending: dict[int, dict]) -> str:
