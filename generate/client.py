@@ -25,8 +25,15 @@ from collections.abc import Callable
 import openai
 
 from generate.config import GenerateConfig
-from generate.endpoint import (Completion, Endpoint, completion_from_body, error_text, fitting_budget,
-                               is_context_error, unsupported_parameter)
+from generate.endpoint import (
+    Completion,
+    Endpoint,
+    completion_from_body,
+    error_text,
+    fitting_budget,
+    is_context_error,
+    unsupported_parameter,
+)
 from generate.errors import StopRun, UserError
 from generate.ratelimit import RateLimiter
 

@@ -7,8 +7,14 @@ ends with one message."""
 from __future__ import annotations
 
 import pytest
-from server_errors import (LLAMA_CPP_CONTEXT, OPENAI_CONTEXT, OPENAI_MAX_TOKENS_UNSUPPORTED, TGI_CONTEXT,
-                           VLLM_CONTEXT, VLLM_CONTEXT_MID)
+from server_errors import (
+    LLAMA_CPP_CONTEXT,
+    OPENAI_CONTEXT,
+    OPENAI_MAX_TOKENS_UNSUPPORTED,
+    TGI_CONTEXT,
+    VLLM_CONTEXT,
+    VLLM_CONTEXT_MID,
+)
 from test_generate_fakeserver import FakeOpenAI
 
 from generate.client import ModelClient

@@ -27,14 +27,20 @@ import random
 import re
 import threading
 import time
-from email.parser import BytesParser
-from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 import pytest
-from server_errors import (LLAMA_CPP_CONTEXT, OPENAI_CONTEXT, OPENAI_MAX_TOKENS_UNSUPPORTED,
-                           OPENAI_STOP_UNSUPPORTED, TGI_CONTEXT, VLLM_CONTEXT, openai_unsupported_value)
+from fake_batch_api import FakeBatchAPI, sha
+from server_errors import (
+    LLAMA_CPP_CONTEXT,
+    OPENAI_CONTEXT,
+    OPENAI_MAX_TOKENS_UNSUPPORTED,
+    OPENAI_STOP_UNSUPPORTED,
+    TGI_CONTEXT,
+    VLLM_CONTEXT,
+    openai_unsupported_value,
+)
 
 EN_VERBS = ["Explain", "Summarize", "Classify", "Rewrite", "Translate", "List", "Compare", "Suggest",
             "Describe", "Estimate", "Outline", "Evaluate", "Recommend", "Identify", "Calculate",
@@ -93,15 +99,11 @@ def render(nxt: int, tasks: list[tuple[str, str, str]], korean: bool, open_item:
     return "\n".join(parts)
 
 
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def openai_error(message: str, type_: str, param: str | None, code: str | None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeBatchAPI):
     """`with FakeOpenAI() as server:` then `server.base_url`; `server.script` queues failures."""
 
     def __init__(self, tasks_per_response: int = 8, delay_s: float = 0.0, kind: str = "openai",
@@ -220,60 +222,6 @@ class FakeOpenAI:
                 self.billed[k] += v
         return 200, body
 
-    # -- the Batch API -------------------------------------------------------------------------
-
-    def _batch_view(self, batch_id: str, poll: bool) -> dict:
-        with self._lock:
-            job = self.batches[batch_id]
-            if poll and job["status"] != "completed":
-                job["_polls"] += 1
-                ready = job["_polls"] >= self.batch_polls_to_complete and not self.batch_hold
-                job["status"] = "in_progress" if not ready else "finalizing"
-        if job["status"] == "finalizing":
-            self._run_batch(job)
-        return {k: v for k, v in job.items() if not k.startswith("_")}
-
-    def _run_batch(self, job: dict) -> None:
-        lines = [json.loads(line) for line in self.files[job["input_file_id"]]["data"].splitlines() if line.strip()]
-        out, err = [], []
-        for n, line in enumerate(lines):
-            status, body = self.respond(line["url"], line["body"])
-            record = {"id": f"batch_req_{n}", "custom_id": line["custom_id"],
-                      "response": {"status_code": status, "request_id": f"req_{n}", "body": body}, "error": None}
-            (out if status == 200 else err).append(json.dumps(record))
-        with self._lock:
-            for name, rows in (("output_file_id", out), ("error_file_id", err)):
-                if rows:
-                    fid = f"file-{len(self.files)}"
-                    self.files[fid] = {"data": "\n".join(rows) + "\n", "purpose": "batch_output"}
-                    job[name] = fid
-            job["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
-            job["status"] = "completed"
-
-    def _create_batch(self, request: dict) -> dict:
-        with self._lock:
-            batch_id = f"batch_{len(self.batches)}"
-            data = self.files[request["input_file_id"]]["data"]
-            lines = [json.loads(line) for line in data.splitlines() if line.strip()]
-            self.batch_prompts[batch_id] = [sha(line["body"]["messages"][-1]["content"]) for line in lines]
-            self.batches[batch_id] = {
-                "id": batch_id, "object": "batch", "endpoint": request["endpoint"], "errors": None,
-                "input_file_id": request["input_file_id"], "completion_window": request["completion_window"],
-                "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": 0,
-                "metadata": request.get("metadata"), "_polls": 0,
-                "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
-        return self._batch_view(batch_id, poll=False)
-
-    def _upload(self, content_type: str, raw: bytes) -> dict:
-        msg = BytesParser(policy=email_policy).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
-        fields = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
-                  for part in msg.iter_parts()}
-        with self._lock:
-            fid = f"file-{len(self.files)}"
-            self.files[fid] = {"data": fields["file"].decode("utf-8"), "purpose": fields["purpose"].decode()}
-        return {"id": fid, "object": "file", "bytes": len(fields["file"]), "created_at": 0,
-                "filename": "input.jsonl", "purpose": "batch", "status": "processed"}
-
     def _handler(self):
         server = self
 
@@ -376,3 +324,48 @@ def test_real_openai_client_reads_chat_and_completions_from_the_fake_server():
 def test_fake_server_answers_are_a_function_of_the_prompt():
     assert make_tasks("1. Instruction: a\n2. Instruction:", 5) == make_tasks("1. Instruction: a\n2. Instruction:", 5)
     assert make_tasks("1. Instruction: a\n2. Instruction:", 5) != make_tasks("1. Instruction: b\n2. Instruction:", 5)
+
+
+def test_reasoning_kind_answers_with_openais_real_error_bodies():
+    with FakeOpenAI(tasks_per_response=2, kind="reasoning") as server:
+        client = openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0)
+        messages = [{"role": "user", "content": "1. Instruction: Say hi.\n2. Instruction:"}]
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="o4-mini", messages=messages, max_tokens=100)
+        assert info.value.body == {"message": OPENAI_MAX_TOKENS_UNSUPPORTED, "type": "invalid_request_error",
+                                   "param": "max_tokens", "code": "unsupported_parameter"}
+        with pytest.raises(openai.BadRequestError, match="does not support 0.7 with this model"):
+            client.chat.completions.create(model="o4-mini", messages=messages, temperature=0.7)
+        first = client.chat.completions.create(model="o4-mini", messages=messages, max_completion_tokens=100)
+        assert first.choices[0].message.content is None and first.choices[0].finish_reason == "length"
+        assert first.usage.completion_tokens_details.reasoning_tokens == 100
+        second = client.chat.completions.create(model="o4-mini", messages=messages, max_completion_tokens=100)
+        assert second.choices[0].message.content.startswith("2. Instruction: ")
+
+
+def test_local_kind_sends_no_usage_and_llama_cpps_context_error():
+    with FakeOpenAI(tasks_per_response=2, kind="local", n_ctx=64) as server:
+        client = openai.OpenAI(api_key="x", base_url=server.base_url, max_retries=0)
+        ok = client.completions.create(model="m", prompt="1. Instruction: Say hi.\n2. Instruction:", max_tokens=8)
+        assert ok.usage is None and ok.choices[0].text
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model="m", prompt="1. Instruction: Say hi.\n2. Instruction:", max_tokens=60)
+        assert info.value.body["message"] == LLAMA_CPP_CONTEXT and info.value.body["n_ctx"] == 64
+
+
+def test_batch_endpoints_round_trip_through_the_real_client():
+    with FakeOpenAI(tasks_per_response=2) as server:
+        client = openai.OpenAI(api_key="x", base_url=server.base_url, max_retries=0)
+        line = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": "m", "messages": [{"role": "user", "content": "1. Instruction: a\n2. Instruction:"}]}}
+        f = client.files.create(file=("in.jsonl", (json.dumps(line) + "\n").encode(), "application/jsonl"),
+                                purpose="batch")
+        job = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert job.status == "validating"
+        assert client.batches.retrieve(job.id).status == "in_progress"
+        done = client.batches.retrieve(job.id)
+        assert done.status == "completed" and done.request_counts.completed == 1
+        out = json.loads(client.files.content(done.output_file_id).text)
+        assert out["custom_id"] == "r1" and out["response"]["status_code"] == 200
+        assert out["response"]["body"]["choices"][0]["message"]["content"].startswith("2. Instruction:")
+        assert [b.id for b in client.batches.list().data] == [job.id]
