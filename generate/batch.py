@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import openai
 
-from generate.endpoint import Completion, completion_from_body, error_text
+from generate.endpoint import DROPPABLE, Completion, completion_from_body, error_text, unsupported_parameter
 from generate.errors import StopRun, UserError
 from generate.pricing import cost_usd
 
@@ -32,6 +32,14 @@ _DONE = ("completed", "failed", "expired", "cancelled")
 
 def _custom_id(batch: int) -> str:
     return f"request-{batch}"
+
+
+class _Refused(Exception):
+    """Every request of a batch was refused (4xx): nothing was paid; maybe a shape to adapt."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.message, self.param = message, param
 
 
 class BatchJobs:
@@ -135,11 +143,46 @@ def _collect(jobs: BatchJobs, gen, batch_id: str, prompts: dict[int, str]) -> di
                 pass  # a malformed answer: the request counts as failed
         elif 400 <= (response.get("status_code") or 0) < 500 and response.get("status_code") != 429:
             err = body.get("error") if isinstance(body.get("error"), dict) else {}
-            refusals.append(str(err.get("message") or body))
-    if not answers and refusals and len(refusals) == len(prompts):
-        # The same request shape was refused throughout: a user error, not bad luck.
-        raise UserError(f"every request of batch {batch_id} was rejected: {refusals[0]}")
+            refusals.append((str(err.get("message") or body), unsupported_parameter(str(err.get("message")), err)))
+    if not answers and refusals and len(refusals) == len(index):
+        # The same request shape was refused throughout: adapt it, or it is a user error.
+        raise _Refused(f"every request of batch {batch_id} was rejected: {refusals[0][0]}", refusals[0][1])
     return answers
+
+
+def _answers(jobs: BatchJobs, gen, sub: dict, start: int, end: int, prompts: dict[int, str],
+             submits: list[dict]) -> dict[int, Completion]:
+    """The round's answers; a batch refused for an unsupported parameter is adapted to (once per
+    parameter, journaled like a synchronous adaptation) and submitted again: refusals cost nothing."""
+    endpoint = gen.client.endpoint
+    for _ in range(len(DROPPABLE) + 2):
+        try:
+            return _collect(jobs, gen, sub["batch_id"], prompts)
+        except _Refused as refused:
+            sent = endpoint.body(prompts[start])
+            if refused.param is None:
+                raise UserError(refused.message) from None
+            change = endpoint.adapt_unsupported(refused.param, sent) if refused.param in sent else {}
+            if change is None:
+                raise UserError(refused.message) from None
+            if change:
+                endpoint.apply(change)
+                gen._on_adapt(change, refused.message)
+            sub = _submit(jobs, gen, start, end, prompts, None)
+            submits.append(sub)
+    raise UserError(f"batches for requests {start}-{end - 1} kept being refused")
+
+
+def _raise_budget_if_reasoning_ate_it(gen, answers: dict[int, Completion]) -> None:
+    """Answers that were all reasoning are moved on from (a batch cannot be retried cheaply);
+    the next rounds get a larger budget, within request.max_tokens_limit."""
+    if any(a.empty_reason == "reasoning_exhausted" for a in answers.values()):
+        endpoint, limit = gen.client.endpoint, gen.config.request.budget_limit()
+        budget = endpoint.current_budget()
+        change = endpoint.set_budget(min(limit, budget * 2))
+        if change:
+            endpoint.apply(change)
+            gen._on_adapt(change, f"a batch answer spent its whole budget of {budget} tokens on reasoning")
 
 
 def run_batch_rounds(gen, replay) -> str:
@@ -151,7 +194,8 @@ def run_batch_rounds(gen, replay) -> str:
     pending = replay.pending_responses
     batch, stalled = len(replay.batches), 0
     while (stop := gen._stop_reason(batch, stalled)) is None:
-        sub = next((r for r in submits if r["batches"][0] <= batch < r["batches"][1]), None)
+        # The latest batch for this round (an earlier one may have been refused and adapted).
+        sub = next((r for r in reversed(submits) if r["batches"][0] <= batch < r["batches"][1]), None)
         start, end = sub["batches"] if sub else (batch, batch + _round_requests(gen, batch))
         prompts = {b: gen._prompt(b, round_start=start) for b in range(start, end)}
         completions: dict[int, Completion] = {}
@@ -163,7 +207,8 @@ def run_batch_rounds(gen, replay) -> str:
             if sub is None:
                 sub = _submit(jobs, gen, start, end, prompts, files.get(start))
                 submits.append(sub)
-            answers = _collect(jobs, gen, sub["batch_id"], prompts)
+            answers = _answers(jobs, gen, sub, start, end, prompts, submits)
+            _raise_budget_if_reasoning_ate_it(gen, answers)
             for _ in answers:
                 gen.client.usage.add()  # answered requests of this invocation, as in synchronous mode
             for b in range(batch, end):

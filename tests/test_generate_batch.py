@@ -16,8 +16,6 @@ from test_generate_cli import env, wait_for
 from test_generate_fakeserver import FakeOpenAI
 from test_generate_pipeline import assert_valid_alpaca, load, run
 
-from generate.errors import UserError
-
 REPO = Path(__file__).resolve().parents[1]
 BATCH = ["api=batch", "batch.poll_interval_s=0.01", "batch.requests_per_round=3"]
 PRICED = ["model=priced", "prices.priced.input_per_1m=2", "prices.priced.output_per_1m=8",
@@ -57,10 +55,17 @@ def test_rounds_sample_the_kept_pool_like_synchronous_rounds(tmp_path):
     assert any(instruction in later for instruction in kept)
 
 
-def test_a_batch_whose_every_request_is_refused_is_a_user_error(tmp_path):
+def test_a_refused_batch_is_adapted_once_and_resubmitted(tmp_path):
     with FakeOpenAI(kind="reasoning") as server:
-        with pytest.raises(UserError, match="every request of batch .* rejected: Unsupported parameter: 'max_tokens'"):
-            run(server, tmp_path, "num_instructions=10", *BATCH, "request.token_param=max_tokens")
+        result = run(server, tmp_path, "num_instructions=20", *BATCH, "request.temperature=0.7")
+        rejected = list(server.rejected)
+    assert result.stop_reason == "done"
+    assert_valid_alpaca(load(tmp_path), 20)
+    # round 1 was refused twice (3 requests each, free), then never again
+    assert rejected == ["max_tokens"] * 3 + ["temperature"] * 3
+    assert [{k: v for k, v in a.items() if k != "why"} for a in result.usage["adaptations"]] == [{"token_param": "max_completion_tokens"},
+                                                       {"drop": "temperature"}, {"budget": 6144}]
+    assert result.rejected["reasoning_exhausted"] == 1  # the all-reasoning answer was moved on from
 
 
 def cli(out: Path, base_url: str, *extra: str) -> list[str]:
@@ -95,3 +100,25 @@ def test_kill_9_during_a_batch_then_rerun_buys_no_second_batch(tmp_path):
         assert len(server.batches) == ref_batches and no_prompt_bought_twice(server)
     assert load(out) == load(tmp_path / "ref")
     assert json.loads(final.stdout)["cost_usd"] == json.loads(ref.stdout)["cost_usd"]
+
+
+def test_a_batch_created_but_never_journaled_is_found_by_its_file_not_bought_again(tmp_path):
+    with FakeOpenAI() as server:
+        server.batch_hold = True
+        journal = tmp_path / "journal.jsonl"
+        proc = subprocess.Popen(cli(tmp_path, server.base_url, "progress=false"), cwd=REPO, env=env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: journal.exists() and '"batch_submit"' in journal.read_text())
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # as if the kill had come between batches.create and the journal line naming the batch
+        lines = journal.read_text().splitlines(keepends=True)
+        journal.write_text("".join(line for line in lines if '"batch_submit"' not in line))
+        server.batch_hold = False
+        final = subprocess.run(cli(tmp_path, server.base_url, "progress=false"), cwd=REPO, env=env(),
+                               capture_output=True, text=True, timeout=120)
+        assert final.returncode == 0, final.stderr
+        assert no_prompt_bought_twice(server)
+    assert_valid_alpaca(load(tmp_path), 40)
