@@ -73,6 +73,7 @@ def cli(out: Path, base_url: str, *extra: str) -> list[str]:
             f"output_dir={out}", "num_instructions=40", *BATCH, *extra]
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_batch_then_rerun_buys_no_second_batch(tmp_path):
     with FakeOpenAI() as server:
         ref = subprocess.run(cli(tmp_path / "ref", server.base_url, "progress=false"), cwd=REPO, env=env(),
@@ -102,6 +103,7 @@ def test_kill_9_during_a_batch_then_rerun_buys_no_second_batch(tmp_path):
     assert json.loads(final.stdout)["cost_usd"] == json.loads(ref.stdout)["cost_usd"]
 
 
+@pytest.mark.slow
 def test_a_batch_created_but_never_journaled_is_found_by_its_file_not_bought_again(tmp_path):
     with FakeOpenAI() as server:
         server.batch_hold = True

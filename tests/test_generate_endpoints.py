@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_generate_cli import env, one_line_error, wait_for
 from test_generate_fakeserver import FakeOpenAI
 from test_generate_pipeline import assert_valid_alpaca
@@ -65,6 +66,7 @@ def test_local_llama_cpp_server_with_the_default_config_completes(tmp_path):
     assert budgets and all(b <= 2048 for b in budgets)  # the context error was read, not fatal
 
 
+@pytest.mark.slow
 def test_adaptation_survives_kill_9_and_no_answer_is_paid_twice(tmp_path):
     args = ["model=o4-mini", "num_instructions=40", "concurrency=2", "progress=false"]
     with FakeOpenAI(kind="reasoning") as server:
