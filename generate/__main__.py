@@ -1,9 +1,11 @@
 """`python -m generate --config FILE [dotted.key=value ...]`: run or resume a generation.
 
-Exit status: 0 when the run finished or stopped at a budget it was given (max_cost_usd,
-max_requests), 1 when it had to stop early (the server stayed unreachable past the retry
-budget; kept work is saved), 2 for bad input (config, seeds, missing or rejected API key),
-130 on Ctrl-C (kept work is saved). Errors are one line, without a traceback.
+Exit status, for scripts: 0 only when `num_instructions` were reached; 1 when the run stopped
+before that (the cost cap, the request budget, a stall, or a server that stayed unreachable past
+the retry budget), with the kept work saved and the reason in the JSON summary; 2 for user errors
+(config, seeds, a missing or rejected API key, a price-less model under a cost cap, a 4xx the
+server will not change its mind about), one line, no retries; 130 on Ctrl-C (kept work saved).
+Errors are one line, without a traceback.
 """
 
 from __future__ import annotations
@@ -48,11 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"kept": len(result.kept), "stop_reason": result.stop_reason,
                "rejected": dict(result.rejected), **result.usage, "output_dir": config.output_dir}
     print(json.dumps(summary, ensure_ascii=False))
-    if result.stop_reason.startswith("stopped early"):
-        print(f"error: {result.stop_reason}; kept work saved in {config.output_dir}; run again to resume",
-              file=sys.stderr)
-        return 1
-    return 0
+    if result.stop_reason == "done":
+        return 0
+    print(f"stopped before num_instructions={config.num_instructions}: {result.stop_reason}; kept work "
+          f"saved in {config.output_dir}; run again (with a larger budget if one stopped it) to resume",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,75 +1,66 @@
 """The model client: openai>=1 chat or legacy completions, with bounded, polite retries.
 
 Why our own retry loop instead of the SDK's: the budget must be explicit and finite (Alpaca's
-loop retried forever), `Retry-After` must be honoured, a context-length error must shrink
-`max_tokens` instead of failing the same way again, and every attempt must be counted for the
-cost report. The SDK's retries are therefore switched off (`max_retries=0`).
+loop retried forever), `Retry-After` must be honoured, a context-length error must shrink the
+token budget instead of failing the same way again, a parameter the server rejects must be
+adapted once instead of retried, and every attempt must be counted for the cost report. The
+SDK's retries are therefore switched off (`max_retries=0`).
+
+What is transient (retried with backoff): 429, 408, 409, 5xx, timeouts, connection errors and
+malformed bodies. What is not (one line, exit 2, no retry): 401/403/404 and any other 4xx that
+is neither a context-length error nor an unsupported parameter we can adapt to (a 422 from a
+validating server is a bad request, not bad luck).
 
 Thread-safe: one `ModelClient` is shared by the request threads of the pipeline.
 """
 
 from __future__ import annotations
 
+import json
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import openai
 
 from generate.config import GenerateConfig
+from generate.endpoint import (
+    Completion,
+    Endpoint,
+    completion_from_body,
+    error_text,
+    fitting_budget,
+    is_context_error,
+    unsupported_parameter,
+)
 from generate.errors import StopRun, UserError
 from generate.ratelimit import RateLimiter
 
-_CONTEXT_RE = re.compile(r"context[ _]length|maximum context|too many tokens|context window", re.I)
-
-
-@dataclass
-class Completion:
-    """One successful response, already reduced to what the pipeline needs."""
-
-    text: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
+__all__ = ["Completion", "ModelClient", "Usage"]
+_TRANSIENT_4XX = (408, 409, 429)
 
 
 class Usage:
-    """Running totals of tokens, requests and estimated cost (price table from the config)."""
+    """This invocation's requests, retries and errors by kind (tokens are counted by the pipeline)."""
 
-    def __init__(self, config: GenerateConfig) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.price = config.prices.get(config.model)
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
         self.requests = 0
         self.retries = 0
         self.errors: dict[str, int] = {}
 
-    def add(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def add(self) -> None:
         with self._lock:
             self.requests += 1
-            self.prompt_tokens += prompt_tokens
-            self.completion_tokens += completion_tokens
 
-    def add_error(self, kind: str) -> None:
+    def add_error(self, kind: str, retry: bool = True) -> None:
         with self._lock:
-            self.retries += 1
+            self.retries += int(retry)
             self.errors[kind] = self.errors.get(kind, 0) + 1
 
-    @property
-    def cost_usd(self) -> float:
-        if self.price is None:
-            return 0.0
-        return (self.prompt_tokens * self.price.input_per_1m
-                + self.completion_tokens * self.price.output_per_1m) / 1e6
-
     def as_dict(self) -> dict:
-        return {"requests": self.requests, "retries": self.retries, "errors": dict(self.errors),
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "cost_usd": round(self.cost_usd, 6), "priced": self.price is not None}
+        return {"requests": self.requests, "retries": self.retries, "errors": dict(self.errors)}
 
 
 def _retry_after(error: Exception) -> float | None:
@@ -86,50 +77,41 @@ def _retry_after(error: Exception) -> float | None:
     return None
 
 
-def _shrunk_max_tokens(message: str, current: int) -> int:
-    """A max_tokens that fits, from "maximum context length is L ... P in the messages"."""
-    limit = re.search(r"(?:maximum context length|context length) is (\d+)", message)
-    prompt = re.search(r"(\d+) (?:tokens )?in the (?:messages|prompt)", message)
-    if limit and prompt:
-        return min(current - 1, int(limit.group(1)) - int(prompt.group(1)) - 16)
-    return current // 2
-
-
 class ModelClient:
-    """Sends one prompt, returns one `Completion`, or raises StopRun/UserError; never loops."""
+    """Sends one prompt, returns one `Completion`, or raises StopRun/UserError; never loops forever.
+
+    `on_adapt(change, why)` is called once per adaptation of the request shape (the pipeline
+    journals it); `endpoint` may be shared with the batch runner."""
 
     def __init__(self, config: GenerateConfig, api_key: str,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, endpoint: Endpoint | None = None,
+                 on_adapt: Callable[[dict, str], None] | None = None) -> None:
         self.config = config
-        self.usage = Usage(config)
-        self.max_tokens = config.request.max_tokens
-        self._lock = threading.Lock()
+        self.usage = Usage()
+        self.endpoint = endpoint or Endpoint(config)
+        self.on_adapt = on_adapt or (lambda change, why: None)
         self._sleep = sleep
         self._jitter = random.Random(config.seed)  # jitter only spreads retries; never affects output
         self._limiter = RateLimiter(config.rate_limit.requests_per_minute,
                                     config.rate_limit.tokens_per_minute)
-        self._sdk = openai.OpenAI(api_key=api_key, base_url=config.base_url, max_retries=0,
-                                  timeout=config.request.timeout_s)
+        self.sdk = openai.OpenAI(api_key=api_key, base_url=config.base_url, max_retries=0)
+        self._probe = threading.Lock()
+        self._learned = threading.Event()
 
-    def _call(self, prompt: str, max_tokens: int) -> Completion:
-        r = self.config.request
-        common = dict(model=self.config.model, temperature=r.temperature, top_p=r.top_p,
-                      max_tokens=max_tokens, stop=r.stop or None, n=1)
-        if self.config.api == "chat":
-            resp = self._sdk.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common)
-            choice = resp.choices[0]
-            text = choice.message.content
-        else:
-            resp = self._sdk.completions.create(prompt=prompt, **common)
-            choice = resp.choices[0]
-            text = choice.text
-        if not isinstance(text, str):
-            raise ValueError("response has no text")
-        usage = getattr(resp, "usage", None)
-        # Servers that omit usage still cost something: estimate ~4 characters per token.
-        pt = getattr(usage, "prompt_tokens", None) or len(prompt) // 4
-        ct = getattr(usage, "completion_tokens", None) or len(text) // 4
-        return Completion(text, choice.finish_reason, int(pt), int(ct))
+    @property
+    def max_tokens(self) -> int:
+        return self.endpoint.current_budget()
+
+    def _adapt(self, change: dict | None, why: str) -> None:
+        if change:
+            self.endpoint.apply(change)
+            self.on_adapt(change, why)
+
+    def _call(self, prompt: str, body: dict) -> Completion:
+        timeout = self.config.request.timeout_for(body.get("max_tokens") or body.get("max_completion_tokens"))
+        api = self.sdk.chat.completions if self.endpoint.chat else self.sdk.completions
+        raw = api.with_raw_response.create(**body, timeout=timeout)
+        return completion_from_body(json.loads(raw.http_response.text), self.endpoint.chat, prompt)
 
     def _backoff(self, attempt: int, error: Exception) -> float:
         rc = self.config.retry
@@ -138,48 +120,89 @@ class ModelClient:
             wait = rc.backoff_base_s * (2 ** attempt) * (0.5 + self._jitter.random())
         return min(max(wait, 0.0), rc.backoff_max_s)
 
+    def _client_error(self, e: openai.APIStatusError, body: dict) -> str:
+        """Handle a 4xx/5xx that is not transient: adapt and return a note, or raise UserError."""
+        status, message = e.status_code, error_text(e)
+        if status == 401:
+            raise UserError(f"the server rejected the API key (HTTP 401); set a valid "
+                            f"{self.config.api_key_env} in the environment")
+        if status == 403:
+            raise UserError(f"permission denied by the server (HTTP 403): {message}")
+        if status == 404:
+            raise UserError(f"model '{self.config.model}' or endpoint not found at "
+                            f"{self.config.base_url or 'api.openai.com'} (HTTP 404)")
+        if is_context_error(message, e.body):
+            new = fitting_budget(message, e.body, body.get("max_tokens") or body.get("max_completion_tokens"))
+            if new < 64:
+                raise UserError("the prompt alone fills the model's context; lower "
+                                "num_prompt_instructions or use a longer-context model")
+            self._adapt(self.endpoint.set_budget(min(new, self.endpoint.current_budget())),
+                        f"context length (HTTP {status}): {message}")
+            self.usage.add_error("context_length")
+            return f"context length exceeded (budget now {new})"
+        param = unsupported_parameter(message, e.body)
+        change = self.endpoint.adapt_unsupported(param, body) if param else None
+        if change is None:
+            raise UserError(f"the server rejected the request (HTTP {status}): {message}")
+        self._adapt(change, f"HTTP {status}: {message}")
+        self.usage.add_error("unsupported_parameter", retry=False)
+        return f"adapted to the server ({change})"
+
     def complete(self, prompt: str) -> Completion:
-        """One request with at most `retry.max_retries` retries; StopRun when the budget is spent."""
+        """One prompt, answered. Until one request has succeeded, requests go one at a time: the
+        first answer teaches the request shape (an unsupported parameter, the context size) to
+        all, so a concurrent run learns it once instead of once per thread."""
+        if not self._learned.is_set():
+            with self._probe:
+                if not self._learned.is_set():
+                    completion = self._complete(prompt)
+                    self._learned.set()
+                    return completion
+        return self._complete(prompt)
+
+    def _complete(self, prompt: str) -> Completion:
+        """One prompt with at most `retry.max_retries` transient retries; StopRun when they are spent.
+
+        Adaptations (context shrink, parameter switch, budget raise) are bounded by themselves
+        (each changes the request), and by a hard cap on the loop as a second net."""
         attempts = self.config.retry.max_retries + 1
-        last = "no attempt made"
-        for attempt in range(attempts):
-            with self._lock:
-                max_tokens = self.max_tokens
-            self._limiter.acquire(len(prompt) // 4 + max_tokens)
+        failures, last, paid = 0, "no attempt made", None
+        for _ in range(attempts + 16):
+            body = self.endpoint.body(prompt)
+            budget = body.get("max_tokens") or body.get("max_completion_tokens")
+            self._limiter.acquire(len(prompt) // 4 + budget)
             try:
-                completion = self._call(prompt, max_tokens)
-            except openai.AuthenticationError:
-                raise UserError(f"the server rejected the API key (HTTP 401); set a valid "
-                                f"{self.config.api_key_env} in the environment") from None
-            except openai.PermissionDeniedError as e:
-                raise UserError(f"permission denied by the server (HTTP 403): {e.message}") from None
-            except openai.NotFoundError:
-                raise UserError(f"model '{self.config.model}' or endpoint not found at "
-                                f"{self.config.base_url or 'api.openai.com'} (HTTP 404)") from None
-            except openai.BadRequestError as e:
-                if not _CONTEXT_RE.search(str(e.message)):
-                    raise UserError(f"the server rejected the request (HTTP 400): {e.message}") from None
-                new = _shrunk_max_tokens(str(e.message), max_tokens)
-                if new < 64:
-                    raise UserError("the prompt alone fills the model's context; lower "
-                                    "num_prompt_instructions or use a longer-context model") from None
-                with self._lock:
-                    self.max_tokens = min(self.max_tokens, new)
-                self.usage.add_error("context_length")
-                last = f"context length exceeded (max_tokens now {new})"
-                continue  # retry at once with the smaller budget
-            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-                    openai.APIConnectionError, openai.APIStatusError) as e:
-                kind, error = type(e).__name__, e
-                last = f"{kind}: {getattr(e, 'message', e)}"
+                completion = self._call(prompt, body)
+            except openai.APIStatusError as e:
+                if e.status_code < 500 and e.status_code not in _TRANSIENT_4XX or is_context_error(error_text(e), e.body):
+                    last = self._client_error(e, body)
+                    continue
+                kind, error, last = type(e).__name__, e, f"{type(e).__name__}: {error_text(e)}"
+            except (openai.APITimeoutError, openai.APIConnectionError) as e:
+                kind, error, last = type(e).__name__, e, f"{type(e).__name__}: {e}"
             except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError,
                     IndexError, KeyError) as e:
-                kind, error = "MalformedResponse", e
-                last = f"malformed response ({type(e).__name__})"
+                kind, error, last = "MalformedResponse", e, f"malformed response ({type(e).__name__})"
             else:
-                self.usage.add(completion.prompt_tokens, completion.completion_tokens)
+                self.usage.add()
+                if paid is not None:  # earlier answers to this prompt that were paid for and empty
+                    for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens"):
+                        setattr(completion, name, getattr(completion, name) + getattr(paid, name))
+                    completion.estimated = completion.estimated or paid.estimated
+                if completion.empty_reason == "reasoning_exhausted":
+                    limit = self.config.request.budget_limit()
+                    self.usage.add_error("reasoning_exhausted", retry=budget < limit)
+                    if budget < limit:
+                        # Not a blind retry: the same prompt with a larger budget, up to the limit.
+                        new = min(limit, budget * 2)
+                        self._adapt(self.endpoint.set_budget(max(new, self.endpoint.current_budget())),
+                                    f"the whole budget of {budget} tokens went to reasoning")
+                        paid = completion
+                        continue
                 return completion
+            failures += 1
             self.usage.add_error(kind)
-            if attempt + 1 < attempts:
-                self._sleep(self._backoff(attempt, error))
-        raise StopRun(f"request failed {attempts} times, giving up (last error: {last})")
+            if failures >= attempts:
+                break
+            self._sleep(self._backoff(failures - 1, error))
+        raise StopRun(f"request failed {failures} times, giving up (last error: {last})")

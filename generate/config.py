@@ -25,13 +25,27 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 @dataclass
 class RequestConfig:
-    """Sampling parameters sent with every request (Alpaca used temperature 1.0, top_p 1.0)."""
+    """What each request asks for. A parameter set to null is not sent at all (the server's
+    default applies). Alpaca used temperature 1.0 and top_p 1.0, which is also the only value
+    OpenAI's reasoning models accept, so the defaults work there too."""
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 3072
+    temperature: float | None = 1.0
+    top_p: float | None = 1.0
+    max_tokens: int = 3072  # the token budget of one answer (reasoning included)
+    # How the budget is sent on chat: auto = max_completion_tokens on api.openai.com (every
+    # current chat model takes it; reasoning models take nothing else), max_tokens elsewhere.
+    token_param: str = "auto"  # auto | max_tokens | max_completion_tokens
+    max_tokens_limit: int | None = None  # the budget may grow to this when reasoning ate it all; null = 4x max_tokens
+    reasoning_effort: str | None = None  # e.g. minimal | low | medium | high; chat and batch only
     stop: list[str] | None = None
-    timeout_s: float = 120.0
+    timeout_s: float | None = None  # null = 60 s + budget / min_tokens_per_s (a CPU server is slow)
+    min_tokens_per_s: float = 10.0  # the slowest generation speed the automatic timeout allows for
+
+    def budget_limit(self) -> int:
+        return self.max_tokens_limit if self.max_tokens_limit is not None else 4 * self.max_tokens
+
+    def timeout_for(self, budget: int) -> float:
+        return self.timeout_s if self.timeout_s is not None else 60.0 + budget / self.min_tokens_per_s
 
 
 @dataclass
@@ -72,22 +86,22 @@ class DedupConfig:
 
 @dataclass
 class Price:
-    """USD per million tokens."""
+    """USD per million tokens; null cached/reasoning prices mean "same as input/output"."""
 
     input_per_1m: float = 0.0
     output_per_1m: float = 0.0
+    cached_input_per_1m: float | None = None
+    reasoning_per_1m: float | None = None
 
 
-def _default_prices() -> dict[str, Price]:
-    # List prices in USD per 1M tokens at the time of writing; override in the YAML when they change.
-    return {
-        "gpt-4o-mini": Price(0.15, 0.60),
-        "gpt-4o": Price(2.50, 10.00),
-        "gpt-4.1-nano": Price(0.10, 0.40),
-        "gpt-4.1-mini": Price(0.40, 1.60),
-        "gpt-4.1": Price(2.00, 8.00),
-        "gpt-3.5-turbo-instruct": Price(1.50, 2.00),
-    }
+@dataclass
+class BatchConfig:
+    """`api: batch`: the OpenAI Batch API (half price, answers within `completion_window`)."""
+
+    requests_per_round: int = 200  # prompts per batch job; each round samples the pool anew
+    poll_interval_s: float = 30.0
+    completion_window: str = "24h"
+    discount: float = 0.5  # batch price = discount x synchronous price
 
 
 @dataclass
@@ -98,12 +112,13 @@ class GenerateConfig:
     num_instructions: int = 100
     seed_tasks: str = "generate/seeds/en.jsonl"
     lang: str = "en"  # en | ko
-    api: str = "chat"  # chat | completions
+    api: str = "chat"  # chat | completions | batch (OpenAI Batch API with chat requests)
     model: str = "gpt-4o-mini"
     base_url: str | None = None
+    paid: bool | None = None  # null = auto: api.openai.com and any non-local base_url are paid
     api_key_env: str = "OPENAI_API_KEY"  # the name of the variable, never the key itself
     concurrency: int = 4
-    max_cost_usd: float | None = 5.0
+    max_cost_usd: float | None = 5.0  # null = no cap (also the way to run a paid model without a price)
     seed: int = 0
     prompt_file: str | None = None  # None = generate/prompts/{lang}.txt
     num_prompt_instructions: int = 3
@@ -117,7 +132,13 @@ class GenerateConfig:
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
-    prices: dict[str, Price] = field(default_factory=_default_prices)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    # Your prices; they win over the built-in dated table in generate/pricing.py.
+    prices: dict[str, Price] = field(default_factory=dict)
+
+    def round_size(self) -> int:
+        """Requests per round: all prompts of a round are built from the same kept pool."""
+        return self.batch.requests_per_round if self.api == "batch" else self.concurrency
 
     def prompt_path(self) -> Path:
         return Path(self.prompt_file) if self.prompt_file else PACKAGE_DIR / "prompts" / f"{self.lang}.txt"
@@ -126,7 +147,15 @@ class GenerateConfig:
         """Cross-field checks that types alone cannot express."""
         checks = [
             (self.lang in ("en", "ko"), "lang must be 'en' or 'ko'"),
-            (self.api in ("chat", "completions"), "api must be 'chat' or 'completions'"),
+            (self.api in ("chat", "completions", "batch"), "api must be 'chat', 'completions' or 'batch'"),
+            (self.request.token_param in ("auto", "max_tokens", "max_completion_tokens"),
+             "request.token_param must be auto, max_tokens or max_completion_tokens"),
+            (self.request.budget_limit() >= self.request.max_tokens,
+             "request.max_tokens_limit must be >= request.max_tokens"),
+            (self.request.timeout_s is None or self.request.timeout_s > 0, "request.timeout_s must be > 0"),
+            (self.request.min_tokens_per_s > 0, "request.min_tokens_per_s must be > 0"),
+            (self.batch.requests_per_round >= 1, "batch.requests_per_round must be >= 1"),
+            (0.0 < self.batch.discount <= 1.0, "batch.discount must be in (0, 1]"),
             (self.num_instructions > 0, "num_instructions must be > 0"),
             (self.concurrency >= 1, "concurrency must be >= 1"),
             (self.num_prompt_instructions >= 1, "num_prompt_instructions must be >= 1"),

@@ -9,13 +9,16 @@ re-made from the saved response with the same result. The repair is a temp file 
 crash during the repair leaves the old journal intact.
 
 Line types: `header` (the settings that determine the output), `response`, `candidate`,
-`batch_end`.
+`batch_end`, and run-level lines kept whatever happens to batches: `adapt` (a change of the
+request shape the server asked for), `batch_file` and `batch_submit` (Batch API file and batch
+ids, so a resumed run polls the same batch instead of paying for a second one).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,10 @@ class Replay:
 
     batches: dict[int, list[dict]] = field(default_factory=dict)  # batch -> its lines, in order
     pending_responses: dict[int, dict] = field(default_factory=dict)
+    run_records: list[dict] = field(default_factory=list)  # adapt / batch_file / batch_submit, in order
+
+
+RUN_TYPES = ("adapt", "batch_file", "batch_submit")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -69,6 +76,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._f = None
+        self._lock = threading.Lock()  # request threads journal adaptations too
 
     def open(self, header: dict) -> Replay:
         """Start a new journal or resume one written with the same header."""
@@ -84,7 +92,8 @@ class Journal:
                 raise UserError(f"{self.path}: written with different settings ({', '.join(diff)}); "
                                 f"use another output_dir or restore the settings to resume")
             replay = self._replay(records[1:])
-            keep = [records[0]] + [r for b in sorted(replay.batches) for r in replay.batches[b]]
+            keep = [records[0]] + replay.run_records
+            keep += [r for b in sorted(replay.batches) for r in replay.batches[b]]
             keep += [replay.pending_responses[b] for b in sorted(replay.pending_responses)]
             atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
         else:
@@ -96,6 +105,7 @@ class Journal:
     def _replay(records: list[dict]) -> Replay:
         lines: dict[int, list[dict]] = {}
         done: set[int] = set()
+        run_records = [rec for rec in records if rec["type"] in RUN_TYPES]
         for rec in records:
             b = rec.get("batch")
             if not isinstance(b, int):
@@ -103,7 +113,7 @@ class Journal:
             lines.setdefault(b, []).append(rec)
             if rec["type"] == "batch_end":
                 done.add(b)
-        replay = Replay()
+        replay = Replay(run_records=run_records)
         for b, recs in sorted(lines.items()):
             if b in done:
                 replay.batches[b] = recs
@@ -115,10 +125,11 @@ class Journal:
 
     def append(self, record: dict, sync: bool = False) -> None:
         """One line, flushed at once so a kill -9 loses at most the line being written."""
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        if sync:
-            os.fsync(self._f.fileno())
+        with self._lock:
+            self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._f.flush()
+            if sync:
+                os.fsync(self._f.fileno())
 
     def close(self) -> None:
         if self._f is not None:

@@ -1,7 +1,8 @@
 """The self-instruct loop: prompt -> model -> parse -> filter -> ROUGE-L dedup -> Alpaca JSON.
 
-Requests go out in rounds of `concurrency` batches. Every prompt of a round is built from the
-state at the start of the round (batch b's examples come from an RNG seeded with (seed, b) and
+Requests go out in rounds of `concurrency` batches (`batch.requests_per_round` with the Batch
+API, see generate/batch.py). Every prompt of a round is built from the state at the start of the
+round (batch b's examples come from an RNG seeded with (seed, b) and
 from the instructions kept before b's round), and responses are decided in batch order. So the
 output depends only on the seed and the server's answers, not on which request finished first,
 and a run resumed from its journal after a crash ends exactly where an uninterrupted run would.
@@ -20,14 +21,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from generate.client import Completion, ModelClient
+from generate.client import ModelClient
 from generate.config import GenerateConfig, config_to_dict
 from generate.dedup import RougeDedup
 from generate.encode import build_prompt
+from generate.endpoint import Completion
 from generate.errors import StopRun, UserError
 from generate.filters import filter_reason
 from generate.journal import Journal, atomic_write_text
-from generate.parse import parse_response
+from generate.parse import Parsed, parse_response
+from generate.pricing import check_priced, cost_usd, price_for
 from generate.seeds import Task, load_seed_tasks
 
 
@@ -62,13 +65,21 @@ class Generator:
             self.template = config.prompt_path().read_text(encoding="utf-8")
         except OSError as e:
             raise UserError(f"{config.prompt_path()}: cannot read prompt template ({e.strerror})") from None
+        # Before anything is sent: a paid, capped run must know its price (UserError otherwise).
+        self.price_note = check_priced(config)
+        self.price = price_for(config)
         self.client = client or ModelClient(config, api_key)
+        self.client.on_adapt = self._on_adapt
+        self.journal: Journal | None = None
+        self.adaptations: list[dict] = []
         self.dedup = RougeDedup(config.dedup.threshold, config.dedup.workers, config.dedup.top_k,
                                 config.dedup.avg_sample)
         self.kept: list[Kept] = []
         self.rejected: Counter = Counter()
-        self.tokens = {"prompt": 0, "completion": 0}
+        self.tokens = {"prompt": 0, "completion": 0, "cached": 0, "reasoning": 0}
+        self.estimated = 0  # responses whose token counts are estimates (the server sent no usage)
         self.bar = None
+        self.batch_state = ""  # shown in the progress bar in batch mode
 
     # -- prompts -------------------------------------------------------------------------------
 
@@ -80,16 +91,17 @@ class Generator:
             "seed_tasks_sha256": _sha(json.dumps([t.to_alpaca() for t in self.seeds], ensure_ascii=False)),
             "prompt_sha256": _sha(self.template), "num_prompt_instructions": c.num_prompt_instructions,
             "tasks_per_request": c.tasks_per_request, "machine_ratio": c.machine_ratio,
-            "concurrency": c.concurrency, "threshold": c.dedup.threshold,
+            "round_size": c.round_size(), "threshold": c.dedup.threshold,
             "filters": config_to_dict(c)["filters"],
-            "sampling": [c.request.temperature, c.request.top_p, c.request.stop],
+            "sampling": [c.request.temperature, c.request.top_p, c.request.stop, c.request.reasoning_effort],
         }
         return json.loads(json.dumps(settings))
 
-    def _prompt(self, batch: int) -> str:
+    def _prompt(self, batch: int, round_start: int | None = None) -> str:
         c = self.config
         rng = random.Random(f"{c.seed}:{batch}")
-        round_start = batch - batch % c.concurrency
+        if round_start is None:
+            round_start = batch - batch % c.round_size()
         machine = [k.task for k in self.kept if k.batch < round_start]
         n_machine = sum(rng.random() < c.machine_ratio for _ in range(c.num_prompt_instructions))
         n_machine = min(n_machine, len(machine))
@@ -103,7 +115,11 @@ class Generator:
     def _decide(self, batch: int, completion: Completion, next_number: int, journal: Journal) -> None:
         """Parse, filter and dedup one response; every candidate is journaled as it is decided."""
         c = self.config
-        parsed = parse_response(completion.text, completion.finish_reason, next_number)
+        if completion.empty_reason:  # paid for, but the whole budget went to reasoning
+            parsed = Parsed()
+            parsed.dropped[completion.empty_reason] += 1
+        else:
+            parsed = parse_response(completion.text, completion.finish_reason, next_number)
         self.rejected.update(parsed.dropped)
         for i, task in enumerate(parsed.tasks):
             record = {"type": "candidate", "batch": batch, "i": i, **task.to_alpaca()}
@@ -130,8 +146,7 @@ class Generator:
         """Restore a completed batch from the journal without recomputing it."""
         for rec in lines:
             if rec["type"] == "response":
-                self.tokens["prompt"] += rec["prompt_tokens"]
-                self.tokens["completion"] += rec["completion_tokens"]
+                self._count(Completion.from_record(rec))
             elif rec["type"] == "candidate" and rec["status"] == "kept":
                 task = Task(rec["instruction"], rec["input"], rec["output"])
                 self.dedup.add(task.instruction)
@@ -143,19 +158,37 @@ class Generator:
 
     # -- accounting ----------------------------------------------------------------------------
 
+    def _count(self, comp: Completion) -> None:
+        for name, n in comp.tokens().items():
+            self.tokens[name] += n
+        self.estimated += int(comp.estimated)
+
+    def record_response(self, batch: int, prompt: str, comp: Completion) -> None:
+        """Count and journal one answer the moment it arrives: it has been paid for."""
+        self._count(comp)
+        self.journal.append({"type": "response", "batch": batch, "prompt_sha256": _sha(prompt),
+                             **comp.to_record()})
+
+    def _on_adapt(self, change: dict, why: str) -> None:
+        """The request shape changed (server's 400, context size, reasoning budget): journal it
+        so a resumed run starts adapted; the summary lists this run's adaptations. (Not printed
+        as it happens: a run that then fails must still end with exactly one line on stderr.)"""
+        if self.journal is not None:
+            self.journal.append({"type": "adapt", "change": change, "why": why}, sync=True)
+        self.adaptations.append({**change, "why": why})
+
     def cost_usd(self) -> float:
-        price = self.config.prices.get(self.config.model)
-        if price is None:
-            return 0.0
-        return (self.tokens["prompt"] * price.input_per_1m + self.tokens["completion"] * price.output_per_1m) / 1e6
+        discount = self.config.batch.discount if self.config.api == "batch" else 1.0
+        return cost_usd(self.price, self.tokens, discount)
 
     def _show(self) -> None:
         if self.bar is None:
             return
         self.bar.n = min(len(self.kept), self.config.num_instructions)
         reasons = ",".join(f"{k}={v}" for k, v in self.rejected.most_common())
-        self.bar.set_postfix_str(f"rejected[{reasons}] tokens={sum(self.tokens.values())} "
-                                 f"cost=${self.cost_usd():.4f}")
+        state = f" {self.batch_state}" if self.batch_state else ""
+        self.bar.set_postfix_str(f"rejected[{reasons}] tokens={self.tokens['prompt'] + self.tokens['completion']} "
+                                 f"cost=${self.cost_usd():.4f}{state}")
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -174,18 +207,49 @@ class Generator:
     def run(self) -> RunResult:
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        journal = Journal(self.out / "journal.jsonl")
+        journal = self.journal = Journal(self.out / "journal.jsonl")
         replay = journal.open(self._header())
+        for rec in replay.run_records:  # what an earlier run learnt about the server
+            if rec["type"] == "adapt":
+                self.client.endpoint.apply(rec["change"])
         for seed in self.seeds:  # seeds are in the dedup pool from the start, as in Alpaca
             self.dedup.add(seed.instruction)
         for b in sorted(replay.batches):
             self._replay_batch(b, replay.batches[b])
-        batch = len(replay.batches)
-        pending = replay.pending_responses
         if c.progress:
             self.bar = tqdm(total=c.num_instructions, desc="kept", file=sys.stderr, dynamic_ncols=True)
             self._show()
-        stop, stalled, error = None, 0, None
+        stop = None
+        try:
+            if c.api == "batch":
+                from generate.batch import run_batch_rounds
+
+                stop = run_batch_rounds(self, replay)
+            else:
+                stop = self._run_sync(len(replay.batches), replay.pending_responses)
+        except StopRun as e:
+            stop = f"stopped early: {e}"
+        finally:
+            journal.close()
+            self.dedup.close()
+            if self.bar is not None:
+                self._show()
+                self.bar.close()
+            self.write_outputs(stop or "interrupted")
+        this_run = self.client.usage.as_dict()
+        # Requests/retries/errors are this invocation's; tokens and cost include resumed work.
+        usage = {**this_run, **{f"{k}_tokens": v for k, v in self.tokens.items()},
+                 "tokens_estimated_responses": self.estimated,
+                 "cost_usd": round(self.cost_usd(), 6), "priced": self.price is not None,
+                 "adaptations": self.adaptations}
+        if self.price_note:  # said once, here (local server, or a deliberately uncapped run)
+            usage["price_note"] = self.price_note
+        return RunResult(self.kept[:c.num_instructions], self.rejected, stop, usage)
+
+    def _run_sync(self, batch: int, pending: dict[int, dict]) -> str:
+        """Rounds of `concurrency` concurrent requests until a stop reason; returns it."""
+        c = self.config
+        stalled, error = 0, None
         pool = ThreadPoolExecutor(max_workers=c.concurrency)
         try:
             while (stop := self._stop_reason(batch, stalled)) is None:
@@ -197,55 +261,34 @@ class Generator:
                 for b, prompt in prompts.items():
                     saved = pending.pop(b, None)
                     if saved is not None and saved.get("prompt_sha256") == _sha(prompt):
-                        completions[b] = Completion(saved["text"], saved["finish_reason"],
-                                                    saved["prompt_tokens"], saved["completion_tokens"])
+                        completions[b] = Completion.from_record(saved)
                     else:
                         futures[pool.submit(self.client.complete, prompt)] = b
-                # Journal each response the moment it arrives: it has been paid for.
                 not_done = set(futures)
                 while not_done:
                     done, not_done = wait(not_done, return_when="FIRST_COMPLETED")
                     for fut in done:
                         b = futures[fut]
                         try:
-                            comp = fut.result()
+                            completions[b] = fut.result()
                         except StopRun as e:
                             error = error or e
                             continue
-                        completions[b] = comp
-                        self.tokens["prompt"] += comp.prompt_tokens
-                        self.tokens["completion"] += comp.completion_tokens
-                        journal.append({"type": "response", "batch": b, "prompt_sha256": _sha(prompts[b]),
-                                        "text": comp.text, "finish_reason": comp.finish_reason,
-                                        "prompt_tokens": comp.prompt_tokens,
-                                        "completion_tokens": comp.completion_tokens})
+                        self.record_response(b, prompts[b], completions[b])
                         self._show()
                 # Decide in batch order, up to the first batch whose request failed.
                 for b in range(batch, round_end):
                     if b not in completions:
                         break
-                    self._decide(b, completions[b], c.num_prompt_instructions + 1, journal)
+                    self._decide(b, completions[b], c.num_prompt_instructions + 1, self.journal)
                     batch = b + 1
                     self._show()
                 if error is not None:
                     raise error
                 stalled = stalled + 1 if len(self.kept) == kept_before else 0
-        except StopRun as e:
-            stop = f"stopped early: {e}"
+            return stop
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            journal.close()
-            self.dedup.close()
-            if self.bar is not None:
-                self._show()
-                self.bar.close()
-            self.write_outputs(stop or "interrupted")
-        this_run = self.client.usage.as_dict()
-        # Requests/retries/errors are this invocation's; tokens and cost include resumed work.
-        usage = {"requests": this_run["requests"], "retries": this_run["retries"], "errors": this_run["errors"],
-                 "prompt_tokens": self.tokens["prompt"], "completion_tokens": self.tokens["completion"],
-                 "cost_usd": round(self.cost_usd(), 6), "priced": c.model in c.prices}
-        return RunResult(self.kept[:c.num_instructions], self.rejected, stop, usage)
 
     def write_outputs(self, stop_reason: str) -> None:
         """alpaca_data.json (the first num_instructions kept, in order) and metadata.json, both
@@ -256,7 +299,8 @@ class Generator:
         meta = {
             "stop_reason": stop_reason,
             "kept": len(data), "kept_total": len(self.kept), "rejected": dict(self.rejected),
-            "tokens": dict(self.tokens), "cost_usd": round(self.cost_usd(), 6),
+            "tokens": dict(self.tokens), "tokens_estimated_responses": self.estimated,
+            "cost_usd": round(self.cost_usd(), 6), "priced": self.price is not None,
             "config": config_to_dict(self.config),
             "records": [{"instruction": k.task.instruction, "most_similar_instructions": dict(k.most_similar),
                          "avg_similarity_score": k.avg_similarity} for k in kept],

@@ -1,14 +1,25 @@
 """The model client against a real HTTP server on loopback, through the real openai package:
 every transient failure is retried within a finite budget, Retry-After is obeyed, a
-context-length error shrinks max_tokens, and a bad key or a dead server ends with one message."""
+context-length error (in the wording of OpenAI, vLLM, llama.cpp and TGI) sets the budget that
+fits, a reasoning model's refusals are adapted to once, and a bad key, a 422 or a dead server
+ends with one message."""
 
 from __future__ import annotations
 
 import pytest
+from server_errors import (
+    LLAMA_CPP_CONTEXT,
+    OPENAI_CONTEXT,
+    OPENAI_MAX_TOKENS_UNSUPPORTED,
+    TGI_CONTEXT,
+    VLLM_CONTEXT,
+    VLLM_CONTEXT_MID,
+)
 from test_generate_fakeserver import FakeOpenAI
 
 from generate.client import ModelClient
-from generate.config import load_config
+from generate.config import RequestConfig, load_config
+from generate.endpoint import fitting_budget, is_context_error, unsupported_parameter
 from generate.errors import StopRun, UserError
 from generate.ratelimit import RateLimiter
 
@@ -22,11 +33,13 @@ def server():
         yield s
 
 
-def make_client(base_url: str, *overrides: str, sleeps: list | None = None) -> ModelClient:
+def make_client(base_url: str, *overrides: str, sleeps: list | None = None,
+                adaptations: list | None = None) -> ModelClient:
     config = load_config(None, [f"base_url={base_url}", "retry.backoff_base_s=0.001",
                                 "retry.backoff_max_s=0.01", "request.timeout_s=0.25", *overrides])
     sleep = sleeps.append if sleeps is not None else (lambda s: None)
-    return ModelClient(config, "sk-test", sleep=sleep)
+    on_adapt = (lambda change, why: adaptations.append(change)) if adaptations is not None else None
+    return ModelClient(config, "sk-test", sleep=sleep, on_adapt=on_adapt)
 
 
 @pytest.mark.parametrize("api", ["chat", "completions"])
@@ -96,13 +109,102 @@ def test_rejected_api_key_is_a_user_error_and_the_key_is_not_shown(server):
     assert server.seen_auth == ["Bearer sk-test"]
 
 
-def test_cost_uses_the_price_table(server):
-    client = make_client(server.base_url, "model=priced", "prices.priced.input_per_1m=2",
-                         "prices.priced.output_per_1m=10")
-    c = client.complete(PROMPT)
-    expected = (c.prompt_tokens * 2 + c.completion_tokens * 10) / 1e6
-    assert c.prompt_tokens == len(PROMPT) // 4  # what the fake server reports
-    assert client.usage.cost_usd == pytest.approx(expected)
+# The budget each server's own numbers allow: context - prompt - 16 (hand-computed), else half.
+@pytest.mark.parametrize("message, body, current, expected", [
+    (OPENAI_CONTEXT, {"code": "context_length_exceeded"}, 4000, 4096 - 1000 - 16),
+    (VLLM_CONTEXT, {"code": 400}, 8000, 8192 - 4097 - 16),
+    (VLLM_CONTEXT_MID, {"code": 400}, 8000, 4096 - 2778 - 16),
+    (TGI_CONTEXT, "unused", 1000, 2048 - 1244 - 16),
+    (LLAMA_CPP_CONTEXT, {"type": "exceed_context_size_error", "n_prompt_tokens": 1407, "n_ctx": 4096},
+     3072, 4096 - 1407 - 16),
+    (LLAMA_CPP_CONTEXT, {}, 3072, 1536),  # no numbers: halve
+])
+def test_each_servers_context_error_is_recognised_and_read(message, body, current, expected):
+    assert is_context_error(message, body)
+    assert fitting_budget(message, body, current) == expected
+
+
+def test_unsupported_parameter_is_not_a_context_error():
+    body = {"code": "unsupported_parameter", "param": "max_tokens"}
+    assert not is_context_error(OPENAI_MAX_TOKENS_UNSUPPORTED, body)
+    assert unsupported_parameter(OPENAI_MAX_TOKENS_UNSUPPORTED, body) == "max_tokens"
+    assert unsupported_parameter(OPENAI_MAX_TOKENS_UNSUPPORTED, {}) == "max_tokens"  # from the words alone
+
+
+@pytest.mark.parametrize("mode, max_tokens, expected", [("vllm_context", 8000, 4079), ("tgi_context", 3000, 788)])
+def test_vllm_400_and_tgi_422_context_errors_set_the_budget(server, mode, max_tokens, expected):
+    server.script = [mode]
+    adaptations: list = []
+    client = make_client(server.base_url, f"request.max_tokens={max_tokens}", adaptations=adaptations)
+    client.complete(PROMPT)
+    assert client.max_tokens == expected and adaptations == [{"budget": expected}]
+    assert server.bodies[-1]["max_tokens"] == expected
+
+
+def test_a_422_that_is_not_about_context_is_a_user_error_without_retries(server):
+    server.script = ["422"]
+    client = make_client(server.base_url)
+    with pytest.raises(UserError, match=r"HTTP 422.*temperature"):
+        client.complete(PROMPT)
+    assert server.requests == 1
+
+
+def test_unset_parameters_are_not_sent(server):
+    client = make_client(server.base_url, "request.temperature=null", "request.top_p=null")
+    client.complete(PROMPT)
+    assert set(server.bodies[-1]) == {"model", "messages", "max_tokens"}  # no stop, no n, no sampling
+    client = make_client(server.base_url, "request.token_param=max_completion_tokens", "request.reasoning_effort=low")
+    client.complete(PROMPT)
+    assert server.bodies[-1]["max_completion_tokens"] == 3072 and "max_tokens" not in server.bodies[-1]
+    assert server.bodies[-1]["reasoning_effort"] == "low" and server.bodies[-1]["temperature"] == 1
+
+
+def test_reasoning_model_defaults_adapt_once_and_raise_the_budget_within_its_limit():
+    with FakeOpenAI(tasks_per_response=4, kind="reasoning") as server:
+        adaptations: list = []
+        client = make_client(server.base_url, "request.timeout_s=5", adaptations=adaptations)
+        first = client.complete(PROMPT)
+        second = client.complete(PROMPT + " again")
+        assert server.rejected == ["max_tokens"]  # learnt once, not per request
+        assert adaptations == [{"token_param": "max_completion_tokens"}, {"budget": 6144}]
+        # the empty first answer was paid for: its tokens are in the completion that followed it
+        assert first.text.count("Output:") == 4 and first.empty_reason is None
+        assert first.reasoning_tokens + second.reasoning_tokens == server.billed["reasoning"] == 3072 + 64 + 64
+        assert first.completion_tokens + second.completion_tokens == server.billed["completion"]
+        assert first.cached_tokens + second.cached_tokens == server.billed["cached"] > 0
+        assert client.usage.errors == {"unsupported_parameter": 1, "reasoning_exhausted": 1}
+
+
+def test_reasoning_model_rejections_of_stop_and_sampling_drop_them():
+    with FakeOpenAI(tasks_per_response=4, kind="reasoning") as server:
+        adaptations: list = []
+        client = make_client(server.base_url, "request.timeout_s=5", "request.temperature=0.7",
+                             "request.stop=['###']", adaptations=adaptations)
+        client.complete(PROMPT)
+        assert server.rejected == ["max_tokens", "stop", "temperature"]
+        assert {"drop": "temperature"} in adaptations and {"drop": "stop"} in adaptations
+        assert "temperature" not in server.bodies[-1] and server.bodies[-1]["top_p"] == 1
+
+
+def test_reasoning_budget_at_its_limit_moves_on_instead_of_retrying():
+    with FakeOpenAI(tasks_per_response=4, kind="reasoning") as server:
+        client = make_client(server.base_url, "request.timeout_s=5", "request.max_tokens_limit=3072")
+        c = client.complete(PROMPT)
+        assert c.empty_reason == "reasoning_exhausted" and c.text == ""
+        assert c.reasoning_tokens == 3072 and server.served == 1  # paid once, not retried
+
+
+def test_local_server_without_usage_is_estimated_and_its_context_error_read():
+    with FakeOpenAI(tasks_per_response=4, kind="local", n_ctx=2048) as server:
+        client = make_client(server.base_url, "request.timeout_s=5")
+        c = client.complete(PROMPT)
+        assert client.max_tokens == 2048 - len(PROMPT) // 4 - 16
+        assert c.estimated and c.prompt_tokens == len(PROMPT) // 4 and c.completion_tokens == len(c.text) // 4
+
+
+def test_the_default_timeout_grows_with_the_budget():
+    assert RequestConfig().timeout_for(3072) == pytest.approx(60 + 3072 / 10)
+    assert RequestConfig(timeout_s=5).timeout_for(3072) == 5
 
 
 def test_rate_limiter_paces_requests_per_minute():

@@ -1,9 +1,21 @@
-"""A real HTTP server on loopback that speaks the OpenAI chat and completions APIs.
+"""A real HTTP server on loopback that speaks the OpenAI chat, completions, files and batches APIs.
 
 The generator's tests point the real `openai` client at it through `base_url`. Its answers are
 a deterministic function of the prompt (so a resumed run can be compared with an uninterrupted
 one), and a script of failure modes can be queued: 429 with Retry-After, 500, a response slower
-than the client's timeout, a malformed body, a truncated list, a context-length 400, a 401.
+than the client's timeout, a malformed body, a truncated list, a 401, and the context-length
+errors of OpenAI, vLLM and TGI in their real wording (tests/server_errors.py).
+
+`kind` makes it behave like a given endpoint:
+- "openai": a chat/completions model that takes every parameter and reports usage;
+- "reasoning": an o-series / GPT-5 model: 400 `unsupported_parameter` for `max_tokens` and
+  `stop`, 400 `unsupported_value` for a non-default temperature/top_p, the first answer spends
+  its whole budget on reasoning (`content: null`, `finish_reason: length`), usage has
+  reasoning and cached tokens;
+- "local": a llama.cpp server: no `usage`, and llama.cpp's context error when prompt + budget
+  exceed `n_ctx`.
+Any kind also serves the Batch API (/files, /batches): a batch completes after
+`batch_polls_to_complete` polls, unless `batch_hold` is set.
 The tests at the bottom check the server against the real client before anything relies on it.
 """
 
@@ -18,6 +30,17 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
+import pytest
+from fake_batch_api import FakeBatchAPI, sha
+from server_errors import (
+    LLAMA_CPP_CONTEXT,
+    OPENAI_CONTEXT,
+    OPENAI_MAX_TOKENS_UNSUPPORTED,
+    OPENAI_STOP_UNSUPPORTED,
+    TGI_CONTEXT,
+    VLLM_CONTEXT,
+    openai_unsupported_value,
+)
 
 EN_VERBS = ["Explain", "Summarize", "Classify", "Rewrite", "Translate", "List", "Compare", "Suggest",
             "Describe", "Estimate", "Outline", "Evaluate", "Recommend", "Identify", "Calculate",
@@ -76,18 +99,36 @@ def render(nxt: int, tasks: list[tuple[str, str, str]], korean: bool, open_item:
     return "\n".join(parts)
 
 
-class FakeOpenAI:
+def openai_error(message: str, type_: str, param: str | None, code: str | None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class FakeOpenAI(FakeBatchAPI):
     """`with FakeOpenAI() as server:` then `server.base_url`; `server.script` queues failures."""
 
-    def __init__(self, tasks_per_response: int = 8, delay_s: float = 0.0) -> None:
+    def __init__(self, tasks_per_response: int = 8, delay_s: float = 0.0, kind: str = "openai",
+                 n_ctx: int = 2048) -> None:
         self.tasks_per_response = tasks_per_response
         self.delay_s = delay_s
+        self.kind = kind
+        self.n_ctx = n_ctx  # local kind: the context size
         self.script: list[str] = []
         self.timeout_sleep_s = 1.0
         self.die_after: int | None = None  # after this many answers, drop every connection
+        self.hold_after: int | None = None  # after this many answers, hold requests unanswered
+        self.released = threading.Event()
         self.requests = 0
         self.served = 0
         self.seen_auth: list[str] = []
+        self.bodies: list[dict] = []  # every chat/completions request body, in arrival order
+        self.rejected: list[str] = []  # parameters refused with a 400 (reasoning kind)
+        self.answered: list[str] = []  # sha of the prompt of every answer with content (paid)
+        self.billed = {"prompt": 0, "completion": 0, "cached": 0, "reasoning": 0}
+        self.files: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}
+        self.batch_prompts: dict[str, list[str]] = {}  # batch id -> sha of each prompt in it
+        self.batch_polls_to_complete = 2
+        self.batch_hold = False
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -102,6 +143,7 @@ class FakeOpenAI:
         self.stop()
 
     def stop(self) -> None:
+        self.released.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -110,6 +152,76 @@ class FakeOpenAI:
             self.requests += 1
             return self.script.pop(0) if self.script else "ok"
 
+    # -- chat and completions ------------------------------------------------------------------
+
+    def _refusal(self, request: dict, chat: bool) -> dict | None:
+        """What a reasoning model says to parameters it does not take."""
+        if self.kind != "reasoning" or not chat:
+            return None
+        if "max_tokens" in request:
+            return openai_error(OPENAI_MAX_TOKENS_UNSUPPORTED, "invalid_request_error", "max_tokens",
+                                "unsupported_parameter")
+        if "stop" in request:
+            return openai_error(OPENAI_STOP_UNSUPPORTED, "invalid_request_error", "stop", "unsupported_parameter")
+        for name in ("temperature", "top_p"):
+            if name in request and request[name] != 1:
+                return openai_error(openai_unsupported_value(name, request[name]), "invalid_request_error",
+                                    name, "unsupported_value")
+        return None
+
+    def respond(self, path: str, request: dict, mode: str = "ok") -> tuple[int, dict]:
+        """(status, body) for one chat/completions request; counts what it bills."""
+        chat = path.endswith("/chat/completions")
+        with self._lock:
+            self.bodies.append(request)
+        refusal = self._refusal(request, chat)
+        if refusal is not None:
+            with self._lock:
+                self.rejected.append(refusal["error"]["param"])
+            return 400, refusal
+        prompt = request["messages"][-1]["content"] if chat else request["prompt"]
+        budget = request.get("max_completion_tokens") or request.get("max_tokens") or 0
+        prompt_tokens = len(prompt) // 4
+        if self.kind == "local" and prompt_tokens + budget > self.n_ctx:
+            return 400, {"error": {"code": 400, "message": LLAMA_CPP_CONTEXT, "type": "exceed_context_size_error",
+                                   "n_prompt_tokens": prompt_tokens, "n_ctx": self.n_ctx}}
+        korean = "지시:" in prompt
+        nxt, tasks = make_tasks(prompt, self.tasks_per_response)
+        text = render(nxt, tasks, korean, open_item=not chat)
+        finish, reasoning, cached = "stop", 0, 0
+        if mode == "length":
+            text, finish = text[: int(len(text) * 0.8)], "length"
+        if self.kind == "reasoning":
+            cached = prompt_tokens // 4
+            with self._lock:
+                first = not self.answered and self.billed["reasoning"] == 0
+            if first:  # the whole budget goes to reasoning; nothing visible comes back
+                text, finish, reasoning = None, "length", budget
+            else:
+                reasoning = 64
+        completion_tokens = reasoning + (len(text) // 4 if text else 0)
+        choice = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        body = {"id": "cmpl-test", "object": "chat.completion" if chat else "text_completion",
+                "created": 0, "model": request["model"], "choices": [choice]}
+        if self.kind != "local":  # llama.cpp-like servers may send no usage at all
+            body["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}
+            if self.kind == "reasoning":
+                body["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
+                body["usage"]["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+        with self._lock:
+            self.served += 1
+            if text:
+                self.answered.append(sha(prompt))
+            for k, v in (("prompt", prompt_tokens), ("completion", completion_tokens), ("cached", cached),
+                         ("reasoning", reasoning)):
+                self.billed[k] += v
+        return 200, body
+
     def _handler(self):
         server = self
 
@@ -117,71 +229,77 @@ class FakeOpenAI:
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
-            def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
+            def _send(self, status: int, body, headers: dict | None = None) -> None:
+                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(raw)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(raw)
 
-            def _error(self, status: int, message: str, code: str | None = None, headers=None) -> None:
-                body = {"error": {"message": message, "type": "test_error", "code": code, "param": None}}
-                self._send(status, json.dumps(body).encode(), headers)
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                if m := re.fullmatch(r"/v1/files/([\w-]+)/content", path):
+                    return self._send(200, server.files[m.group(1)]["data"].encode("utf-8"))
+                if m := re.fullmatch(r"/v1/batches/([\w-]+)", path):
+                    return self._send(200, server._batch_view(m.group(1), poll=True))
+                if path == "/v1/batches":
+                    data = [server._batch_view(b, poll=False) for b in reversed(list(server.batches))]
+                    return self._send(200, {"object": "list", "data": data, "has_more": False})
+                self._send(404, openai_error("not found", "invalid_request_error", None, None))
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                request = json.loads(self.rfile.read(length))
+                raw = self.rfile.read(length)
                 server.seen_auth.append(self.headers.get("Authorization", ""))
+                if self.path == "/v1/files":
+                    return self._send(200, server._upload(self.headers["Content-Type"], raw))
+                if self.path == "/v1/batches":
+                    return self._send(200, server._create_batch(json.loads(raw)))
                 mode = server._next_mode()
                 if server.die_after is not None and server.served >= server.die_after:
                     self.close_connection = True  # hang up without a response: a dead server
                     return
+                if server.hold_after is not None and server.served >= server.hold_after:
+                    server.released.wait(60)  # never answered: nothing is paid for
+                    self.close_connection = True
+                    return
                 if server.delay_s:
                     time.sleep(server.delay_s)
                 try:
-                    self._answer(request, mode)
+                    self._answer(json.loads(raw), mode)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout mode)
 
             def _answer(self, request: dict, mode: str) -> None:
-                chat = self.path.endswith("/chat/completions")
                 if mode == "429":
-                    return self._error(429, "Rate limit reached", "rate_limit_exceeded", {"Retry-After": "0.05"})
+                    return self._send(429, openai_error("Rate limit reached", "requests", None, "rate_limit_exceeded"),
+                                      {"Retry-After": "0.05"})
                 if mode == "500":
-                    return self._error(500, "The server had an error", None)
+                    return self._send(500, openai_error("The server had an error", "server_error", None, None))
                 if mode == "401":
-                    return self._error(401, "Incorrect API key provided", "invalid_api_key")
+                    return self._send(401, openai_error("Incorrect API key provided", "invalid_request_error",
+                                                        None, "invalid_api_key"))
                 if mode == "context":
-                    return self._error(400, "This model's maximum context length is 4096 tokens. However, "
-                                       "you requested 5000 tokens (1000 in the messages, 4000 in the "
-                                       "completion).", "context_length_exceeded")
+                    return self._send(400, openai_error(OPENAI_CONTEXT, "invalid_request_error", "messages",
+                                                        "context_length_exceeded"))
+                if mode == "vllm_context":
+                    return self._send(400, {"error": {"message": VLLM_CONTEXT, "type": "BadRequestError",
+                                                      "param": None, "code": 400}})
+                if mode == "tgi_context":
+                    return self._send(422, {"error": TGI_CONTEXT, "error_type": "validation"})
+                if mode == "422":
+                    return self._send(422, {"error": "Input validation error: `temperature` must be strictly "
+                                                     "positive", "error_type": "validation"})
                 if mode == "malformed":
                     return self._send(200, b'{"id": "x", "choices": [{"index": 0, "mess')
                 if mode == "no_choices":  # valid JSON, wrong shape
                     return self._send(200, b'{"id": "x", "object": "chat.completion", "choices": []}')
                 if mode == "timeout":
                     time.sleep(server.timeout_sleep_s)
-                prompt = request["messages"][-1]["content"] if chat else request["prompt"]
-                korean = "지시:" in prompt
-                nxt, tasks = make_tasks(prompt, server.tasks_per_response)
-                text = render(nxt, tasks, korean, open_item=not chat)
-                finish = "stop"
-                if mode == "length":
-                    text, finish = text[: int(len(text) * 0.8)], "length"
-                choice = {"index": 0, "finish_reason": finish, "logprobs": None}
-                if chat:
-                    choice["message"] = {"role": "assistant", "content": text}
-                else:
-                    choice["text"] = text
-                body = {"id": "cmpl-test", "object": "chat.completion" if chat else "text_completion",
-                        "created": 0, "model": request["model"], "choices": [choice],
-                        "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
-                                  "total_tokens": len(prompt) // 4 + len(text) // 4}}
-                with server._lock:
-                    server.served += 1
-                self._send(200, json.dumps(body).encode())
+                self._send(*server.respond(self.path, request, mode))
 
         return Handler
 
@@ -206,3 +324,48 @@ def test_real_openai_client_reads_chat_and_completions_from_the_fake_server():
 def test_fake_server_answers_are_a_function_of_the_prompt():
     assert make_tasks("1. Instruction: a\n2. Instruction:", 5) == make_tasks("1. Instruction: a\n2. Instruction:", 5)
     assert make_tasks("1. Instruction: a\n2. Instruction:", 5) != make_tasks("1. Instruction: b\n2. Instruction:", 5)
+
+
+def test_reasoning_kind_answers_with_openais_real_error_bodies():
+    with FakeOpenAI(tasks_per_response=2, kind="reasoning") as server:
+        client = openai.OpenAI(api_key="sk-test", base_url=server.base_url, max_retries=0)
+        messages = [{"role": "user", "content": "1. Instruction: Say hi.\n2. Instruction:"}]
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="o4-mini", messages=messages, max_tokens=100)
+        assert info.value.body == {"message": OPENAI_MAX_TOKENS_UNSUPPORTED, "type": "invalid_request_error",
+                                   "param": "max_tokens", "code": "unsupported_parameter"}
+        with pytest.raises(openai.BadRequestError, match="does not support 0.7 with this model"):
+            client.chat.completions.create(model="o4-mini", messages=messages, temperature=0.7)
+        first = client.chat.completions.create(model="o4-mini", messages=messages, max_completion_tokens=100)
+        assert first.choices[0].message.content is None and first.choices[0].finish_reason == "length"
+        assert first.usage.completion_tokens_details.reasoning_tokens == 100
+        second = client.chat.completions.create(model="o4-mini", messages=messages, max_completion_tokens=100)
+        assert second.choices[0].message.content.startswith("2. Instruction: ")
+
+
+def test_local_kind_sends_no_usage_and_llama_cpps_context_error():
+    with FakeOpenAI(tasks_per_response=2, kind="local", n_ctx=64) as server:
+        client = openai.OpenAI(api_key="x", base_url=server.base_url, max_retries=0)
+        ok = client.completions.create(model="m", prompt="1. Instruction: Say hi.\n2. Instruction:", max_tokens=8)
+        assert ok.usage is None and ok.choices[0].text
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model="m", prompt="1. Instruction: Say hi.\n2. Instruction:", max_tokens=60)
+        assert info.value.body["message"] == LLAMA_CPP_CONTEXT and info.value.body["n_ctx"] == 64
+
+
+def test_batch_endpoints_round_trip_through_the_real_client():
+    with FakeOpenAI(tasks_per_response=2) as server:
+        client = openai.OpenAI(api_key="x", base_url=server.base_url, max_retries=0)
+        line = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": "m", "messages": [{"role": "user", "content": "1. Instruction: a\n2. Instruction:"}]}}
+        f = client.files.create(file=("in.jsonl", (json.dumps(line) + "\n").encode(), "application/jsonl"),
+                                purpose="batch")
+        job = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert job.status == "validating"
+        assert client.batches.retrieve(job.id).status == "in_progress"
+        done = client.batches.retrieve(job.id)
+        assert done.status == "completed" and done.request_counts.completed == 1
+        out = json.loads(client.files.content(done.output_file_id).text)
+        assert out["custom_id"] == "r1" and out["response"]["status_code"] == 200
+        assert out["response"]["body"]["choices"][0]["message"]["content"].startswith("2. Instruction:")
+        assert [b.id for b in client.batches.list().data] == [job.id]
