@@ -139,3 +139,18 @@ def test_pure_bf16_is_refused_for_fine_tuning(tmp_path):
     with pytest.raises(ConfigError, match="pure_bf16 is refused for fine-tuning"):
         load_config(None, ["model.init_from=ckpt", "parallel.mixed_precision=pure_bf16", "data.paths=[a.json]"])
     load_config(None, ["model.preset=debug", "parallel.mixed_precision=pure_bf16", "data.paths=[a.json]"])  # from scratch: allowed
+
+
+@pytest.mark.slow
+def test_a_config_that_does_not_fit_stops_in_one_line_unless_told_to_start(setup):
+    tmp, _, cfg = setup
+    proc = run_train(cfg, tmp / "too_big", overrides=["parallel.memory_gb=0.001"])
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "per device, 0.0 GB available" in err[0] and "memory_check=warn" in err[0], err
+    assert not (tmp / "too_big" / "checkpoints").exists()
+    warned = check(run_train(cfg, tmp / "warned", overrides=["parallel.memory_gb=0.001", "parallel.memory_check=warn",
+                                                             "max_steps=1", "checkpoint.every=0"]))
+    assert "warning: the plan needs" in warned.stdout
+    odd = run_train(cfg, tmp / "odd", overrides=["parallel.fsdp=hybrid", "parallel.shard_size=3"])
+    assert odd.returncode == 2 and odd.stderr.strip() == "error: parallel.shard_size=3 does not divide the world size 1"

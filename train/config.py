@@ -23,7 +23,8 @@ Schema (YAML, every section optional; defaults below):
     data: {...}                  # data.config.DataConfig (owned by data/; see its docstring)
     optim: {lr, weight_decay, betas, eps, warmup_ratio, grad_clip, schedule, min_lr_ratio}
     batch: {micro_batch_size, grad_accum}   # global batch = micro * accum * data-parallel ranks
-    parallel: {fsdp, shard_size, mixed_precision, activation_checkpointing, ac_every_n, compile, tf32}
+    parallel: {fsdp, shard_size, mixed_precision, activation_checkpointing, ac_every_n, compile, tf32,
+               memory_check, memory_gb}
     checkpoint: {every, keep, export, export_dtype}
     log: {every, tensorboard}
     eval: {every, heldout, max_batches, samples, max_new_tokens, exact_match}
@@ -90,6 +91,11 @@ class ParallelConfig:
     ac_every_n: int = 2  # with every_n: checkpoint layers 0, n, 2n, ...
     compile: bool = False  # torch.compile each decoder layer
     tf32: bool = True  # TF32 matmuls on Ampere+ (no effect on CPU)
+    # Before the model is built, tools.plan's prediction is checked against each device's memory
+    # (memory_gb, default: the GPU's own; on a CPU only when memory_gb is given): error stops
+    # with one line naming the smallest change that fits; warn prints it and starts anyway.
+    memory_check: str = "error"  # error | warn | off
+    memory_gb: float | None = None
 
 
 @dataclass
@@ -148,6 +154,7 @@ CHOICES = {
     "optim.schedule": ("cosine", "linear", "constant"),
     "checkpoint.export_dtype": ("fp32", "bf16", "fp16"),
     "model.init_on": ("auto", "host", "device"),
+    "parallel.memory_check": ("error", "warn", "off"),
 }
 
 

@@ -38,6 +38,7 @@ from train.heldout import heldout_loss, sample_responses
 from train.step import to_device, train_step
 from train.metrics import MetricsLogger, Throughput
 from train.optim import build_optimizer, build_scheduler
+from train.plan import check_fits
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -173,6 +174,10 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         save_config(cfg, out_dir / "config.yaml")
         ckpt.clean_partial(ckpt_root)
 
+    memory_gb = cfg.parallel.memory_gb or parallel.device_memory_gb(info.device)
+    verdict = check_fits(cfg, args, info.world_size, memory_gb)
+    if verdict and cfg.parallel.memory_check == "error":
+        raise ConfigError(verdict)
     mesh = parallel.build_mesh(cfg.parallel, info)
     model = build_model(cfg, args, mesh, info)
     model.train()
@@ -206,6 +211,8 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
                    f"(mesh {tuple(mesh.shape)}), global batch {micro * accum * info.world_size}, "
                    f"{total_steps} steps" + (f", resumed from {resume_from} at step {step}" if resume_from else ""))
     throughput = Throughput(args, info.device, info.world_size)
+    if verdict:
+        logger.message(f"warning: {verdict}")
 
     def save_state() -> None:
         train_state = {"step": step, "nonfinite_in_a_row": nonfinite_in_a_row, "scheduler": scheduler.state_dict(),

@@ -24,7 +24,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from train.config import ParallelConfig
+from train.config import ConfigError, ParallelConfig
 
 
 @dataclass
@@ -80,7 +80,7 @@ def build_mesh(cfg: ParallelConfig, info: DistInfo) -> DeviceMesh:
     else:  # hybrid
         shard = cfg.shard_size or info.local_world_size
         if world % shard:
-            raise ValueError(f"parallel.shard_size={shard} does not divide the world size {world}")
+            raise ConfigError(f"parallel.shard_size={shard} does not divide the world size {world}")
         shape = (world // shard, shard)
     return init_device_mesh(info.device.type, shape, mesh_dim_names=("replicate", "shard"))
 
@@ -106,6 +106,13 @@ def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def device_memory_gb(device: torch.device) -> float | None:
+    """A GPU's total memory in GB; None on a CPU (host memory is not what the planner sizes)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory / 1e9
 
 
 def compute_dtype(cfg: ParallelConfig) -> torch.dtype:

@@ -194,3 +194,20 @@ def smallest_fix(cfg: TrainConfig, args: ModelArgs, gpus: int, gpu_mem_gb: float
         if fits_with(lambda c: None, g):
             return f"{g} GPUs (batch.grad_accum scaled down to keep the global batch)"
     return None
+
+
+def check_fits(cfg: TrainConfig, args: ModelArgs, world: int, device_memory_gb: float | None) -> str | None:
+    """The training start's check: None when the plan fits (or nothing to check against), else
+    one line saying so, with the smallest change that fits and the override."""
+    if cfg.parallel.memory_check == "off" or device_memory_gb is None:
+        return None
+    try:
+        p = plan(cfg, args, world)
+    except ValueError:  # an impossible layout: build_mesh names it
+        return None
+    if p.fits(device_memory_gb):
+        return None
+    fix = smallest_fix(cfg, args, world, device_memory_gb)
+    return (f"the plan needs {p.total / GB:.1f} GB per device, {device_memory_gb:.1f} GB available "
+            f"(python -m tools.plan --config ... for the terms); "
+            f"{'try ' + fix if fix else 'no single change fits'}; parallel.memory_check=warn starts anyway")
