@@ -81,6 +81,7 @@ class TiktokenTokenizer(Tokenizer):
         if sorted(ranks.values()) != list(range(n)):
             raise TokenizerError(f"{self.path}: tiktoken ranks are not 0..{n - 1} without gaps")
         self.num_base_tokens = n
+        self.mergeable_ranks = ranks  # token bytes -> rank; tools/hf_tokenizer.py builds tokenizer.json from it
         self._special = {tok: n + i for i, tok in enumerate(SPECIAL_TOKENS)}
         self.model = tiktoken.Encoding(name=os.path.basename(self.path), pat_str=PAT_STR,
                                        mergeable_ranks=ranks, special_tokens=self._special)
