@@ -14,6 +14,7 @@ from data.synthetic import generate_train
 from model.tokenizer import Tokenizer
 from tools.train_tokenizer import main, train_tokenizer
 
+
 @pytest.fixture(scope="module")
 def tok_path(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok")
