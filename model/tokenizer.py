@@ -35,6 +35,19 @@ class TokenizerError(ValueError):
     """A tokenizer file that cannot be used, as one printable line naming the file (CLIs exit 2)."""
 
 
+# A model may carry a few more embedding rows than its tokenizer has ids (Alpaca's `[PAD]`, padding
+# to a multiple of 64); more than Llama 3's 256 reserved specials means a wrong pairing.
+MAX_EXTRA_ROWS = 256
+
+
+def vocab_mismatch(path, n_ids: int, n_rows: int) -> str | None:
+    """The one-line complaint when a tokenizer with `n_ids` ids does not fit `n_rows` embedding rows."""
+    if n_ids > n_rows or n_rows - n_ids > MAX_EXTRA_ROWS:
+        return (f"{path}: tokenizer has {n_ids} pieces but tensor 'tok_embeddings.weight' has "
+                f"{n_rows} rows (vocab_size): tokenizer and model do not match")
+    return None
+
+
 def tokenizer_format(path: str | os.PathLike) -> str:
     """"tiktoken" or "sentencepiece" by the file's first line; raises TokenizerError for a missing file."""
     path = str(path)

@@ -120,11 +120,16 @@ LLAMA2 = DATA / "llama2_tokenizer.model"
 def test_a_tokenizer_that_does_not_fit_is_one_line_in_chat_convert_and_train(run, tmp_path):
     root, _ = run
     final = root / "out" / "final"
-    # chat: LLaMA 2's pieces fit in the rows, but it lacks the template's control tokens
+    # chat: 32,000 pieces for 128,256 rows
     proc = run_module("tools.chat", "--ckpt", str(final), "--tokenizer", str(LLAMA2), "--instruction", "hi",
                       timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert "needs the control token <|start_header_id|>" in proc.stderr
+    assert "tokenizer has 32000 pieces but tensor 'tok_embeddings.weight' has 128256 rows" in proc.stderr
+    # chat: a Llama-3-sized model whose training template needs control tokens LLaMA 2 lacks
+    import tools.chat as chat
+
+    with pytest.raises(chat.ChatError, match=r"needs the control token <\|start_header_id\|>"):
+        chat.respond(load_model(final), Tokenizer(LLAMA2), "hi", template="llama3_chat", max_new_tokens=1)
     # convert: 32,000 pieces for 128,256 rows is a wrong pairing
     bad = tmp_path / "ckpt"
     bad.mkdir()

@@ -26,7 +26,7 @@ from data.prompts import TEMPLATES
 from model.checkpoint import CheckpointError, load_args, load_model
 from model.llama import Transformer
 from model.sampling import generate
-from model.tokenizer import Tokenizer, TokenizerError
+from model.tokenizer import Tokenizer, TokenizerError, vocab_mismatch
 
 
 class ChatError(Exception):
@@ -73,9 +73,9 @@ def load(ckpt: Path, tokenizer_path: Path | None, device: str, dtype: torch.dtyp
         tokenizer = Tokenizer(tok_path)
     except (CheckpointError, TokenizerError) as e:
         raise ChatError(str(e)) from None
-    if tokenizer.vocab_size > args.vocab_size:
-        raise ChatError(f"{tok_path}: tokenizer has {tokenizer.vocab_size} pieces but tensor "
-                        f"'tok_embeddings.weight' has {args.vocab_size} rows")
+    problem = vocab_mismatch(tok_path, tokenizer.vocab_size, args.vocab_size)
+    if problem:
+        raise ChatError(problem)
     try:
         model = load_model(ckpt, device=device, dtype=dtype)
     except CheckpointError as e:

@@ -37,7 +37,7 @@ from model.checkpoint import (
     write_shards,
 )
 from model.llama import Transformer
-from model.tokenizer import Tokenizer, TokenizerError
+from model.tokenizer import Tokenizer, TokenizerError, vocab_mismatch
 from tools.convert_hf import (
     HF_IGNORED_RE,
     ConvertError,
@@ -54,9 +54,6 @@ from tools.convert_hf import (
 from tools.hf_tokenizer import write_hf_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# A model may carry a few more embedding rows than its tokenizer has pieces (Alpaca's `[PAD]`,
-# Llama 3's 256 reserved specials, padding to a multiple of 64); more than this is a wrong pairing.
-MAX_EXTRA_ROWS = 256
 
 
 # ------------------------------------------------------------------ shared checks
@@ -79,10 +76,9 @@ def tokenizer_vocab(path: Path) -> int:
 def check_tokenizer(path: Path | None, vocab_size: int) -> None:
     if path is None:
         return
-    n = tokenizer_vocab(path)
-    if n > vocab_size or vocab_size - n > MAX_EXTRA_ROWS:
-        raise ConvertError(f"{path}: tokenizer has {n} pieces but tensor 'tok_embeddings.weight' has "
-                           f"{vocab_size} rows (vocab_size): tokenizer and model do not match")
+    problem = vocab_mismatch(path, tokenizer_vocab(path), vocab_size)
+    if problem:
+        raise ConvertError(problem)
 
 
 def find_tokenizer(src: Path, explicit: str | None, candidates: tuple[str, ...]) -> Path | None:
