@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from data.alpaca import DataError, encode_prompt
-from data.prompts import TEMPLATES
+from data.prompts import TEMPLATES, get_template
 from model.checkpoint import CheckpointError, load_args, load_model
 from model.llama import Transformer
 from model.sampling import generate
@@ -94,8 +94,10 @@ def trained_template(ckpt: Path) -> str:
     except (yaml.YAMLError, OSError, AttributeError) as e:
         raise ChatError(f"{run_config}: cannot read the training run's template ({type(e).__name__}); "
                         "pass --template") from None
-    if template not in TEMPLATES:
-        raise ChatError(f"{run_config}: data.template {template!r} is not a built-in template; pass --template")
+    try:
+        get_template(template)  # a built-in name or a .json template file, as training accepts
+    except (ValueError, TypeError) as e:
+        raise ChatError(f"{run_config}: data.template: {e}; pass --template") from None
     return template
 
 
