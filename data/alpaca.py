@@ -13,16 +13,25 @@ and the unmasked labels decode to exactly `output` + EOS (Stanford encodes promp
 prompt+output separately and masks by the prompt's length, which can be off by one token where
 sentencepiece merges across the boundary). The targets are the same ones Stanford trains on
 for a 512-token cut: its 512 inputs give 511 predictions, ours give the same 511.
+
+Chat templates (data/prompts.py, "llama3_chat") differ in two ways: the template's control tokens
+(`<|start_header_id|>`, `<|eot_id|>`, ...) become their ids while the fields are encoded as text,
+and the response ends with the template's "response_end" (`<|eot_id|>`) instead of EOS:
+
+    seq = [BOS] + <user turn> + <assistant header> + encode(output) + [<|eot_id|>]
+
+so the trained labels are exactly the assistant's content and its end-of-turn token.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from data.prompts import format_prompt
+from data.prompts import format_prompt, get_template, template_name
 
 IGNORE_INDEX = -100
 
@@ -121,18 +130,63 @@ def load_records(path: str | Path, skip_invalid: bool = False) -> list[dict]:
     return read_records(path, skip_invalid)[0]
 
 
+_CONTROL_TOKEN = re.compile(r"(<\|[A-Za-z0-9_]+\|>)")
+
+
+def encode_template_text(tokenizer, text: str, template) -> list[int]:
+    """Text written by a template (never by a user): its control tokens become their ids, the
+    text between them is encoded as text."""
+    ids: list[int] = []
+    specials = tokenizer.special_ids
+    for i, part in enumerate(_CONTROL_TOKEN.split(text)):
+        if i % 2 == 0:
+            ids += tokenizer.encode(part) if part else []
+        elif part in specials:
+            ids.append(specials[part])
+        else:
+            raise DataError(f"template {template_name(template)!r} needs the control token {part}, which "
+                            f"tokenizer {tokenizer.path} does not have (use the model's own tokenizer)")
+    return ids
+
+
+def _encode_chat(tokenizer, text: str, fields: Mapping[str, str], template) -> list[int]:
+    """Split the template text at its control tokens *before* substituting the fields, so a
+    field that contains "<|eot_id|>" stays text; each stretch between control tokens (e.g. the
+    whole user message) is then encoded as one text, as Meta's and HF's chat formats do."""
+    ids: list[int] = []
+    for i, part in enumerate(_CONTROL_TOKEN.split(text)):
+        if i % 2 == 0:
+            ids += tokenizer.encode(part.format_map(fields)) if part else []
+        else:
+            ids += encode_template_text(tokenizer, part, template)
+    return ids
+
+
 def encode_prompt(tokenizer, record: Mapping[str, str], template: str | Mapping[str, str] = "alpaca"
                   ) -> list[int]:
     """[BOS] + the templated prompt: the prefix training puts before every response, and so the
     exact prefix chat and evaluation must feed the model."""
-    return [tokenizer.bos_id] + tokenizer.encode(format_prompt(record, template))
+    t = get_template(template)
+    if "response_end" not in t:
+        return [tokenizer.bos_id] + tokenizer.encode(format_prompt(record, template))
+    fields = {"instruction": record["instruction"], "input": record.get("input") or ""}
+    key = "prompt_input" if fields["input"] != "" else "prompt_no_input"
+    return [tokenizer.bos_id] + _encode_chat(tokenizer, t[key], fields, template)
+
+
+def response_end_ids(tokenizer, template: str | Mapping[str, str] = "alpaca") -> list[int]:
+    """What follows a response: [EOS], or a chat template's end of turn (Llama 3: <|eot_id|>)."""
+    t = get_template(template)
+    if "response_end" not in t:
+        return [tokenizer.eos_id]
+    return encode_template_text(tokenizer, t["response_end"], template)
 
 
 def encode_example(tokenizer, record: Mapping[str, str], template: str | Mapping[str, str] = "alpaca"
                    ) -> tuple[list[int], int]:
     """The untruncated sequence [BOS] + prompt + output + [EOS] and its prompt length (with BOS)."""
     prompt = encode_prompt(tokenizer, record, template)
-    return prompt + tokenizer.encode(record["output"]) + [tokenizer.eos_id], len(prompt)
+    return prompt + tokenizer.encode(record["output"]) + response_end_ids(tokenizer, template), len(prompt)
 
 
 def labels_from_seq(seq: list[int], prompt_len: int) -> tuple[list[int], list[int]]:

@@ -4,6 +4,11 @@ The "alpaca" entry is Stanford Alpaca's PROMPT_DICT verbatim. Both variants end 
 "### Response:" with no trailing newline: the response tokens are encoded separately and
 sentencepiece's dummy prefix gives them their leading space, exactly as at inference time
 (tools/chat.py formats the same prompt and lets the model continue it).
+
+A template with a "response_end" key is a chat template ("llama3_chat"): its text holds control
+tokens such as `<|eot_id|>`, which data/alpaca.py maps to their ids (only the template's own text
+can produce them; the fields are always encoded as text), and the response is followed by
+"response_end" instead of EOS.
 """
 
 from __future__ import annotations
@@ -39,9 +44,25 @@ TEMPLATES: dict[str, dict[str, str]] = {
             "### 명령어:\n{instruction}\n\n### 응답:"
         ),
     },
+    # Meta's Llama 3 / 3.1 instruct format (llama_models ChatFormat): the instruction (and input,
+    # after a blank line) as the user turn, then the assistant header the response follows. The
+    # response ends with <|eot_id|>, the token Llama 3 instruct models end a turn with. No system
+    # turn: Meta's format adds none unless asked (HF's 3.1 chat template adds a dated one).
+    "llama3_chat": {
+        "prompt_input": (
+            "<|start_header_id|>user<|end_header_id|>\n\n{instruction}\n\n{input}<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        ),
+        "prompt_no_input": (
+            "<|start_header_id|>user<|end_header_id|>\n\n{instruction}<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        ),
+        "response_end": "<|eot_id|>",
+    },
 }
 
 _KEYS = ("prompt_input", "prompt_no_input")
+_OPTIONAL_KEYS = ("response_end",)
 
 
 def get_template(template: str | Mapping[str, str]) -> dict[str, str]:
@@ -62,7 +83,14 @@ def get_template(template: str | Mapping[str, str]) -> dict[str, str]:
         raise ValueError(f"unknown template {template!r} (known: {', '.join(TEMPLATES)}, or a .json file)")
     if not isinstance(found, dict) or any(not isinstance(found.get(k), str) for k in _KEYS):
         raise ValueError(f"{where}: a template needs string fields {', '.join(_KEYS)}")
-    return {k: found[k] for k in _KEYS}
+    if any(k in found and not isinstance(found[k], str) for k in _OPTIONAL_KEYS):
+        raise ValueError(f"{where}: 'response_end' must be a string")
+    return {k: found[k] for k in _KEYS + _OPTIONAL_KEYS if k in found}
+
+
+def is_chat_template(template: str | Mapping[str, str]) -> bool:
+    """True when the template writes control tokens and ends responses with "response_end"."""
+    return "response_end" in get_template(template)
 
 
 def template_name(template: str | Mapping[str, str]) -> str:

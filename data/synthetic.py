@@ -273,7 +273,8 @@ def build_tiny_assets(out_dir: str | Path, seed: int = 0, n_train: int = 12_000,
     tokenizer would change nothing, so a stamp of (seed, sizes, families, generator and tokenizer
     source, template text) skips it. Returns paths: train, heldout, tokenizer.
     """
-    from tools.train_tokenizer import template_literals, train_tokenizer  # local: keeps `import data` light
+    from data.prompts import get_template
+    from tools.train_tokenizer import train_tokenizer  # local: keeps `import data` light
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -281,7 +282,7 @@ def build_tiny_assets(out_dir: str | Path, seed: int = 0, n_train: int = 12_000,
     stamp_path = out / "assets.sha1"
     stamp = hashlib.sha1(json.dumps(
         [seed, n_train, heldout_per_family, vocab_size, families, Path(__file__).read_text(encoding="utf-8"),
-         Path(inspect.getfile(train_tokenizer)).read_text(encoding="utf-8"), template_literals("alpaca")]
+         Path(inspect.getfile(train_tokenizer)).read_text(encoding="utf-8"), get_template("alpaca")]
     ).encode()).hexdigest()
     if all(p.exists() for p in paths.values()) and stamp_path.exists() and stamp_path.read_text() == stamp:
         return {k: str(v) for k, v in paths.items()}

@@ -7,7 +7,7 @@ single prompt (`generate`, chat) and a batch of equal-length prompts (`generate_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 
@@ -37,16 +37,18 @@ def generate_batch(
     max_new_tokens: int,
     temperature: float = 0.0,
     top_p: float = 1.0,
-    eos_id: int | None = None,
+    eos_id: int | Collection[int] | None = None,
     on_token: Callable[[int, int], None] | None = None,
     generator: torch.Generator | None = None,
 ) -> list[list[int]]:
     """Decode prompts of equal length together: the cache is indexed by one shared position, so
     equal lengths need no padding and each row gets exactly the tokens it would get alone.
 
-    A row stops at EOS, after `max_new_tokens`, or at the model's `max_seq_len`; the batch ends
+    A row stops at EOS (`eos_id`: one id, or all of a model's stop ids, e.g. Llama 3's
+    end-of-text and end-of-turn), after `max_new_tokens`, or at the model's `max_seq_len`; the batch ends
     when every row has stopped. `on_token(row, token)` sees each kept token as it is chosen.
     """
+    stop = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
     T = len(prompts[0])
     if any(len(p) != T for p in prompts):
         raise ValueError("generate_batch needs prompts of equal length (group them first)")
@@ -68,7 +70,7 @@ def generate_batch(
         for i, tok in enumerate(next_ids):
             if not running[i]:
                 continue
-            if eos_id is not None and tok == eos_id:
+            if tok in stop:
                 running[i] = False
                 continue
             new[i].append(tok)
@@ -90,7 +92,7 @@ def generate(
     max_new_tokens: int,
     temperature: float = 0.0,
     top_p: float = 1.0,
-    eos_id: int | None = None,
+    eos_id: int | Collection[int] | None = None,
     on_token: Callable[[int], None] | None = None,
     generator: torch.Generator | None = None,
 ) -> list[int]:

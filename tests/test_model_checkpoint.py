@@ -105,5 +105,5 @@ def test_non_sentencepiece_tokenizer_is_one_clear_error(tmp_path):
 
     bad = tmp_path / "tokenizer.model"
     bad.write_bytes(b"definitely not a protobuf")
-    with pytest.raises(ValueError, match="tokenizer.model: not a sentencepiece model"):
+    with pytest.raises(ValueError, match="tokenizer.model: neither a sentencepiece model nor a tiktoken BPE file"):
         Tokenizer(bad)

@@ -99,7 +99,7 @@ def test_batched_decoding_gives_what_generate_gives_each_prompt_alone(memorised,
 def _fake_generate(answers: dict[str, str], tok):
     """Stands in for model.sampling.generate: returns the ids of a scripted response."""
     def fake(model, prompt_ids, max_new_tokens, temperature=0.0, top_p=1.0, eos_id=None, **kw):
-        assert temperature == 0.0 and eos_id == tok.eos_id and prompt_ids[0] == tok.bos_id
+        assert temperature == 0.0 and tuple(eos_id) == tok.stop_ids == (tok.eos_id,) and prompt_ids[0] == tok.bos_id
         text = tok.decode(prompt_ids)
         key = next(k for k in answers if k in text)
         return tok.encode(answers[key])

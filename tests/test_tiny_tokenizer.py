@@ -1,6 +1,6 @@
 """The tokenizer `make train` trains for itself: LLaMA's special ids, lossless on any text
-(English, Korean, unseen characters), digits one per piece, and the template's fixed text as
-whole pieces."""
+(English, Korean, unseen characters), digits one per piece, and the template's fixed text in a
+few ordinary pieces (no user-defined pieces, which other implementations split differently)."""
 
 import json
 import subprocess
@@ -12,10 +12,7 @@ import sentencepiece as spm
 from data.prompts import format_prompt
 from data.synthetic import generate_train
 from model.tokenizer import Tokenizer
-from tools.train_tokenizer import main, template_literals, train_tokenizer
-
-PREAMBLE_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
-                     "completes the request.\n\n### Instruction:\n")
+from tools.train_tokenizer import main, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -59,24 +56,22 @@ def test_digits_are_single_pieces(tok_path):
     assert [p.lstrip("\u2581") for p in pieces if p != "\u2581"] == ["1", "2", "3", "4", "5"]
 
 
-def test_template_literal_text_is_one_piece_each(tok_path):
+def test_template_text_takes_a_few_ordinary_pieces(tok_path):
+    """The boilerplate is learned as long BPE pieces, not reserved as user-defined symbols."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(open(tok_path, "rb").read())
+    kinds = {p.type for p in proto.pieces}
+    assert pb.ModelProto.SentencePiece.USER_DEFINED not in kinds
     tok = Tokenizer(tok_path)
     prompt = format_prompt({"instruction": "Sort the numbers.", "input": "3 1"}, "alpaca")
     pieces = [tok.id_to_piece(i) for i in tok.encode(prompt)]
-    assert pieces[0] == ("\u2581Below is an instruction that describes a task, paired with an input that provides "
-                         "further context. Write a response that appropriately completes the request.\n\n"
-                         "### Instruction:\n").replace(" ", "\u2581")
-    assert "\n\n###\u2581Input:\n" in pieces
-    assert pieces[-1] == "\n\n###\u2581Response:"
+    preamble = ("▁Below is an instruction that describes a task, paired with an input that provides "
+                "further context.").replace(" ", "▁")
+    assert any(preamble in p for p in pieces[:2])  # at least one sentence of it in one piece
+    assert len(tok.encode(prompt)) <= 16  # against 60+ one word at a time
     assert tok.decode(tok.encode(prompt)) == prompt
-
-
-def test_template_literals_of_the_alpaca_template():
-    lits = template_literals("alpaca")
-    assert "\u2581" + PREAMBLE_NO_INPUT.replace(" ", "\u2581") in lits
-    assert "\n\n###\u2581Response:" in lits
-    assert "\n\n###\u2581Input:\n" in lits
-    assert len(lits) == 6  # 2 preambles x (with, without dummy-prefix space) + input + response headers
 
 
 def test_cli_writes_a_model_and_rejects_a_missing_file(tmp_path, capsys):

@@ -1,12 +1,15 @@
-"""Talk to a project checkpoint with the Alpaca prompt.
+"""Talk to a project checkpoint with the prompt template it was trained with.
 
     python -m tools.chat --ckpt DIR --instruction "Name three colours." [--input TEXT]
     python -m tools.chat --ckpt DIR            # interactive: empty instruction or EOF exits
 
-The prompt is built exactly as training builds it (data/prompts.py, `BOS + encode(prompt)`), so a
-fine-tuned model sees at inference the token sequence it was trained to continue. Decoding is greedy
-at --temperature 0, otherwise temperature + top-p sampling; it stops at EOS or --max-new-tokens.
-The response streams to stdout as it is generated; with --instruction nothing else goes to stdout.
+The prompt is built exactly as training builds it (data/alpaca.encode_prompt), so a fine-tuned
+model sees at inference the token sequence it was trained to continue. The template is --template
+if given, else the `data.template` of the training run that exported DIR (`DIR/../config.yaml`,
+written by `python -m train` beside `final/`), else "alpaca". Decoding is greedy at
+--temperature 0, otherwise temperature + top-p sampling; it stops at any of the tokenizer's stop
+ids (EOS; Llama 3 also <|eot_id|> and <|eom_id|>) or --max-new-tokens. The response streams to
+stdout as it is generated; with --instruction nothing else goes to stdout.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
-from data.alpaca import encode_prompt
-from data.prompts import TEMPLATES
+from data.alpaca import DataError, encode_prompt
+from data.prompts import TEMPLATES, get_template
 from model.checkpoint import CheckpointError, load_args, load_model
 from model.llama import Transformer
 from model.sampling import generate
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, TokenizerError, vocab_mismatch
 
 
 class ChatError(Exception):
@@ -67,13 +71,11 @@ def load(ckpt: Path, tokenizer_path: Path | None, device: str, dtype: torch.dtyp
     try:
         args = load_args(ckpt)
         tokenizer = Tokenizer(tok_path)
-    except CheckpointError as e:
+    except (CheckpointError, TokenizerError) as e:
         raise ChatError(str(e)) from None
-    except Exception as e:  # sentencepiece's parse error is a multi-line C++ message
-        raise ChatError(f"{tok_path}: not a sentencepiece model ({type(e).__name__})") from None
-    if tokenizer.vocab_size > args.vocab_size:
-        raise ChatError(f"{tok_path}: tokenizer has {tokenizer.vocab_size} pieces but tensor "
-                        f"'tok_embeddings.weight' has {args.vocab_size} rows")
+    problem = vocab_mismatch(tok_path, tokenizer.vocab_size, args.vocab_size)
+    if problem:
+        raise ChatError(problem)
     try:
         model = load_model(ckpt, device=device, dtype=dtype)
     except CheckpointError as e:
@@ -81,18 +83,39 @@ def load(ckpt: Path, tokenizer_path: Path | None, device: str, dtype: torch.dtyp
     return model, tokenizer
 
 
+def trained_template(ckpt: Path) -> str:
+    """The template the run that exported `ckpt` trained with (its config.yaml sits beside
+    `final/`), or "alpaca" when there is no such run (a converted Meta/HF checkpoint)."""
+    run_config = ckpt / ".." / "config.yaml"
+    if not run_config.is_file():
+        return "alpaca"
+    try:
+        template = (yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("data", {}).get("template")
+    except (yaml.YAMLError, OSError, AttributeError) as e:
+        raise ChatError(f"{run_config}: cannot read the training run's template ({type(e).__name__}); "
+                        "pass --template") from None
+    try:
+        get_template(template)  # a built-in name or a .json template file, as training accepts
+    except (ValueError, TypeError) as e:
+        raise ChatError(f"{run_config}: data.template: {e}; pass --template") from None
+    return template
+
+
 def respond(model: Transformer, tokenizer: Tokenizer, instruction: str, input_text: str = "",
             template: str = "alpaca", max_new_tokens: int = 256, temperature: float = 0.0,
             top_p: float = 1.0, generator: torch.Generator | None = None, out=None) -> list[int]:
     """Generate (and stream to `out`) the response to one instruction; returns the new token ids."""
-    prompt_ids = encode_prompt(tokenizer, {"instruction": instruction, "input": input_text}, template)
+    try:
+        prompt_ids = encode_prompt(tokenizer, {"instruction": instruction, "input": input_text}, template)
+    except DataError as e:  # a chat template with a tokenizer that lacks its control tokens
+        raise ChatError(str(e)) from None
     room = model.args.max_seq_len - len(prompt_ids)
     if room <= 0:
         raise ChatError(f"the prompt is {len(prompt_ids)} tokens; the model's max_seq_len is "
                         f"{model.args.max_seq_len}")
     streamer = Streamer(tokenizer, out)
     ids = generate(model, prompt_ids, min(max_new_tokens, room), temperature=temperature, top_p=top_p,
-                   eos_id=tokenizer.eos_id, on_token=streamer, generator=generator)
+                   eos_id=tokenizer.stop_ids, on_token=streamer, generator=generator)
     streamer.finish()
     return ids
 
@@ -112,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", type=Path, help="default: CKPT/tokenizer.model")
     p.add_argument("--instruction", help="answer this one instruction and exit")
     p.add_argument("--input", default="", help="optional context for --instruction")
-    p.add_argument("--template", default="alpaca", choices=sorted(TEMPLATES))
+    p.add_argument("--template", choices=sorted(TEMPLATES),
+                   help="default: the training run's data.template (CKPT/../config.yaml), else alpaca")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.9)
@@ -130,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dtype = getattr(torch, a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32"))
     generator = torch.Generator(device=a.device).manual_seed(a.seed)
-    sample = dict(template=a.template, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                  top_p=a.top_p, generator=generator)
     try:
         model, tokenizer = load(a.ckpt, a.tokenizer, a.device, dtype)
+        sample = dict(template=a.template or trained_template(a.ckpt), max_new_tokens=a.max_new_tokens,
+                      temperature=a.temperature, top_p=a.top_p, generator=generator)
         if a.instruction is not None:
             respond(model, tokenizer, a.instruction, a.input, **sample)
             print()

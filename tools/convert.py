@@ -22,7 +22,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import sentencepiece as spm
 import torch
 from safetensors import SafetensorError
 from tqdm import tqdm
@@ -38,13 +37,13 @@ from model.checkpoint import (
     write_shards,
 )
 from model.llama import Transformer
+from model.tokenizer import Tokenizer, TokenizerError, vocab_mismatch
 from tools.convert_hf import (
     HF_IGNORED_RE,
     ConvertError,
     args_from_hf_config,
     from_hf_name,
     hf_config_from_args,
-    hf_tokenizer_config,
     hf_weight_files,
     iter_hf_tensors,
     load_pth,
@@ -52,11 +51,9 @@ from tools.convert_hf import (
     tensor_to_hf,
     to_hf_name,
 )
+from tools.hf_tokenizer import write_hf_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# A model may carry a few more embedding rows than its tokenizer has pieces (Alpaca's `[PAD]`,
-# Llama 3's 256 reserved specials, padding to a multiple of 64); more than this is a wrong pairing.
-MAX_EXTRA_ROWS = 256
 
 
 # ------------------------------------------------------------------ shared checks
@@ -71,24 +68,17 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
 def tokenizer_vocab(path: Path) -> int:
     """Number of ids a tokenizer file produces: sentencepiece (LLaMA 1/2) or tiktoken (Llama 3)."""
     try:
-        return spm.SentencePieceProcessor(model_file=str(path)).vocab_size()
-    except Exception:
-        pass
-    try:  # tiktoken BPE ranks: "<base64 token> <rank>" per line, plus Meta's 256 reserved specials
-        lines = path.read_text().split("\n")
-        ranks = [int(line.split()[1]) for line in lines if line.strip()]
-        return len(ranks) + 256
-    except (UnicodeDecodeError, ValueError, IndexError):
-        raise ConvertError(f"{path}: neither a sentencepiece nor a tiktoken tokenizer model") from None
+        return Tokenizer(path).vocab_size
+    except TokenizerError as e:
+        raise ConvertError(str(e)) from None
 
 
 def check_tokenizer(path: Path | None, vocab_size: int) -> None:
     if path is None:
         return
-    n = tokenizer_vocab(path)
-    if n > vocab_size or vocab_size - n > MAX_EXTRA_ROWS:
-        raise ConvertError(f"{path}: tokenizer has {n} pieces but tensor 'tok_embeddings.weight' has "
-                           f"{vocab_size} rows (vocab_size): tokenizer and model do not match")
+    problem = vocab_mismatch(path, tokenizer_vocab(path), vocab_size)
+    if problem:
+        raise ConvertError(problem)
 
 
 def find_tokenizer(src: Path, explicit: str | None, candidates: tuple[str, ...]) -> Path | None:
@@ -291,14 +281,10 @@ def convert_to_hf(src: Path, dst: Path, dtype: torch.dtype | None, max_shard_byt
     except CheckpointError as e:
         raise ConvertError(str(e)) from None
     tok_src = src / "tokenizer.model"
-    bos = eos = sp = None
+    tokenizer = None
     if tok_src.is_file():
         check_tokenizer(tok_src, args.vocab_size)
-        try:
-            sp = spm.SentencePieceProcessor(model_file=str(tok_src))
-            bos, eos = sp.bos_id(), sp.eos_id()
-        except Exception:
-            pass  # tiktoken (Llama 3): ids are not in the file; config keeps transformers' defaults
+        tokenizer = Tokenizer(tok_src)
     expected = expected_shapes(args)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -322,13 +308,11 @@ def convert_to_hf(src: Path, dst: Path, dtype: torch.dtype | None, max_shard_byt
         if missing:
             raise ConvertError(f"{src}: tensor '{missing[0]}' is missing")
         out_dtype = dtypes[-1] if dtypes else torch.float32
+        bos, eos = (tokenizer.bos_id, tokenizer.eos_id) if tokenizer else (None, None)
         cfg = hf_config_from_args(args, out_dtype, bos, eos)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        if tok_src.is_file():
-            shutil.copyfile(tok_src, tmp / "tokenizer.model")
-        if sp is not None:
-            tok_cfg = hf_tokenizer_config(sp, args.max_seq_len)
-            (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+        if tokenizer is not None:  # tokenizer.model, tokenizer_config.json, Llama 3's tokenizer.json
+            write_hf_tokenizer(tokenizer, tmp, args.max_seq_len)
         commit_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,10 +8,15 @@ normalisation (newlines and spaces survive), byte fallback (any text, Korean inc
 and decodes losslessly), and digits split into single-digit pieces (so "17" is "1" "7" and
 arithmetic answers are spelled digit by digit, as in LLaMA).
 
-One departure, on purpose: the template's literal text (the fixed "Below is an instruction..."
-preamble and the "### Instruction:" / "### Input:" / "### Response:" headers) is reserved as
-whole pieces. The model still reads the exact Alpaca prompt, but the ~30 tokens of boilerplate in
-every example become 2-3, which cuts the tiny default's sequence length (and CPU time) about 3x.
+One departure, on purpose: pieces may span whitespace (`split_by_whitespace=False`, pieces up
+to 256 characters). Every training prompt repeats the template's fixed text (the "Below is an
+instruction..." preamble and the "### Instruction:" / "### Input:" / "### Response:" headers), so
+BPE's most frequent merges turn that boilerplate into a handful of ordinary pieces: the ~30 tokens
+of it in every example become 2-3, which cuts the tiny default's sequence length (and CPU time)
+about 3x. They are ordinary BPE pieces, not `user_defined_symbols`: other implementations
+(transformers' LlamaTokenizer, llama.cpp) match user-defined pieces on the raw text and do not
+reproduce sentencepiece's split when they hold spaces or newlines, while plain pieces come out of
+the same score-ordered merges everywhere (tests/test_tokenizer_export.py checks transformers).
 
     python -m tools.train_tokenizer --data FILE [FILE ...] --vocab-size 1000 --out tok.model
 """
@@ -21,7 +26,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,34 +55,6 @@ def training_sentences(paths: list[str], template: str = "alpaca") -> Iterator[s
             yield record["output"]
 
 
-_SENTINEL = "\x00{}\x00"
-
-
-def template_literals(template: str = "alpaca") -> list[str]:
-    """The fixed text of a template, as sentencepiece pieces ("▁" for spaces).
-
-    Read off by formatting records whose fields are sentinels and cutting at them, so this works
-    for whatever template `data/prompts.py` holds (with and without input). The first chunk is offered with a leading "▁" too: the prompt's start gets sentencepiece's dummy
-    prefix (the later ones never follow a space).
-    """
-    from data.prompts import format_prompt
-
-    pieces: set[str] = set()
-    for has_input in (True, False):
-        record = {"instruction": _SENTINEL.format("instruction"), "output": ""}
-        record["input"] = _SENTINEL.format("input") if has_input else ""
-        chunks = re.split("\x00\\w+\x00", format_prompt(record, template))
-        for i, chunk in enumerate(chunks):
-            if chunk:
-                chunk = chunk.replace(" ", "\u2581")
-                pieces.add(chunk)
-                if i == 0:
-                    pieces.add("\u2581" + chunk.lstrip("\u2581"))
-    # Longest first: sentencepiece matches user-defined symbols greedily by length anyway; a
-    # stable order keeps the trained model byte-identical across runs (the cache relies on it).
-    return sorted(pieces, key=lambda p: (-len(p), p))
-
-
 def train_tokenizer(paths: list[str], vocab_size: int, out: str, template: str = "alpaca") -> str:
     """Train and write `out` (a .model file) atomically; returns its path."""
     model = io.BytesIO()
@@ -94,12 +70,14 @@ def train_tokenizer(paths: list[str], vocab_size: int, out: str, template: str =
         remove_extra_whitespaces=False,
         add_dummy_prefix=True,
         allow_whitespace_only_pieces=True,
+        split_by_whitespace=False,  # lets the template's boilerplate merge into a few pieces
+        split_by_unicode_script=False,  # "?\n\n###" mixes scripts; it should merge too
+        max_sentencepiece_length=256,  # the longest fixed text (the with-input preamble) is ~180 chars
         max_sentence_length=8192,
         unk_id=0,
         bos_id=1,
         eos_id=2,
         pad_id=-1,
-        user_defined_symbols=template_literals(template),
         num_threads=1,  # the tiny default runs on 2 shared cores; one thread is fast enough
         minloglevel=2,  # training chatter on stderr would bury the loop's log
     )

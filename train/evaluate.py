@@ -49,7 +49,7 @@ def respond_all(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict
     out: list[list[int]] = [[] for _ in records]
     if batch_size <= 1:
         for i, ids in enumerate(prompts):
-            out[i] = generate(model, ids, max_new_tokens, temperature=0.0, eos_id=tokenizer.eos_id)
+            out[i] = generate(model, ids, max_new_tokens, temperature=0.0, eos_id=tokenizer.stop_ids)
     else:
         by_len: dict[int, list[int]] = defaultdict(list)
         for i, ids in enumerate(prompts):
@@ -57,7 +57,7 @@ def respond_all(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict
         for idx in by_len.values():
             for start in range(0, len(idx), batch_size):
                 chunk = idx[start: start + batch_size]
-                batch = generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, eos_id=tokenizer.eos_id)
+                batch = generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, eos_id=tokenizer.stop_ids)
                 for i, ids in zip(chunk, batch, strict=True):
                     out[i] = ids
         model.reset_caches()  # batch-sized buffers: free them; the next user sets up its own

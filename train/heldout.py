@@ -50,7 +50,7 @@ def sample_responses(model: torch.nn.Module, tokenizer, records: list[dict], tem
             tok = model(x, last_only=True)[0, -1].float().argmax().reshape(1)
             if dist.is_initialized() and dist.get_world_size() > 1:
                 dist.broadcast(tok, src=0)
-            if int(tok) == tokenizer.eos_id:
+            if int(tok) in tokenizer.stop_ids:
                 break
             new.append(int(tok))
         out.append((prompt, tokenizer.decode(new)))

@@ -28,7 +28,7 @@ from data.loader import AlpacaLoader
 from model.args import ModelArgs
 from model.checkpoint import load_args, load_state_dict
 from model.llama import Transformer
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, TokenizerError
 from train import checkpoint as ckpt
 from train import parallel
 from train.config import ConfigError, TrainConfig, save_config
@@ -167,7 +167,10 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
                                        if cfg.model.init_from else None)
     if not tokenizer_path or not Path(tokenizer_path).is_file():
         raise FileNotFoundError(f"tokenizer not found: {tokenizer_path} (set `tokenizer:` in the config)")
-    tokenizer = Tokenizer(tokenizer_path)
+    try:
+        tokenizer = Tokenizer(tokenizer_path)
+    except TokenizerError as e:  # neither format: one line naming the file, exit 2 (train/__main__)
+        raise ConfigError(str(e)) from None
     args = model_args(cfg, tokenizer)
     resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root)  # before anything is written
     if info.is_main:
