@@ -9,11 +9,13 @@ import torch.nn.functional as F
 
 from data.alpaca import IGNORE_INDEX, encode_prompt
 from data.prompts import format_prompt
+from model.attention import build_attention
 from train.parallel import all_reduce_sum
 
 
 @torch.no_grad()
-def heldout_loss(model: torch.nn.Module, loader, max_batches: int, device: torch.device) -> dict[str, float]:
+def heldout_loss(model: torch.nn.Module, loader, max_batches: int, device: torch.device,
+                 attention: str = "auto") -> dict[str, float]:
     """Token-level mean CE over the held-out set (summed over ranks, divided by all targets)."""
     model.eval()
     loss_sum, targets = 0.0, 0
@@ -21,7 +23,8 @@ def heldout_loss(model: torch.nn.Module, loader, max_batches: int, device: torch
     for i, b in enumerate(loader.one_pass()):
         if max_batches > 0 and i >= max_batches:
             break
-        logits = model(b["tokens"].to(device), _opt(b["positions"], device), _opt(b["document_ids"], device))
+        attn = build_attention(b["document_ids"], attention, device)
+        logits = model(b["tokens"].to(device), _opt(b["positions"], device), attn)
         loss_sum += float(F.cross_entropy(logits.float().flatten(0, 1), b["labels"].to(device).flatten(),
                                           ignore_index=IGNORE_INDEX, reduction="sum"))
         targets += b["num_targets"]

@@ -31,6 +31,7 @@ from torch.distributed.tensor import DTensor
 from data.alpaca import IGNORE_INDEX, load_records
 from data.loader import AlpacaLoader
 from model.args import ModelArgs
+from model.attention import build_attention
 from model.checkpoint import load_args, load_state_dict
 from model.llama import Transformer
 from model.tokenizer import Tokenizer
@@ -39,7 +40,7 @@ from train import parallel
 from train.config import ConfigError, TrainConfig, save_config
 from train.faults import fault_point
 from train.heldout import heldout_loss, sample_responses
-from train.metrics import MetricsLogger, Throughput
+from train.metrics import MetricsLogger, Throughput, attention_pairs
 from train.optim import build_optimizer, build_scheduler
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -223,7 +224,9 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         # The step's loss is sum(token CE) / (targets in the whole step, all ranks): count first.
         local_targets = sum(b["num_targets"] for b in micro_batches)
         local_tokens = sum(real_tokens(b) for b in micro_batches)
-        step_targets, step_tokens = parallel.all_reduce_sum([local_targets, local_tokens], info.device)
+        local_pairs = sum(attention_pairs(b) for b in micro_batches)  # for MFU: per-document attention
+        step_targets, step_tokens, step_pairs = parallel.all_reduce_sum(
+            [local_targets, local_tokens, local_pairs], info.device)
 
         loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
         for i, b in enumerate(micro_batches):
@@ -231,8 +234,9 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
             model.set_requires_gradient_sync(i == accum - 1)
             tokens, labels = b["tokens"].to(info.device), b["labels"].to(info.device)
             positions = None if b["positions"] is None else b["positions"].to(info.device)
-            doc_ids = None if b["document_ids"] is None else b["document_ids"].to(info.device)
-            logits = model(tokens, positions, doc_ids)  # (B, T, vocab), compute dtype
+            # How this micro-batch attends (document-causal for packed rows), built once for all layers.
+            attn = build_attention(b["document_ids"], cfg.parallel.attention, info.device)
+            logits = model(tokens, positions, attn)  # (B, T, vocab), compute dtype
             token_loss_sum = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
                                              ignore_index=IGNORE_INDEX, reduction="sum")
             # FSDP averages gradients over the dp_world ranks; scaling by dp_world turns that
@@ -271,7 +275,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         seq_len = micro_batches[0]["tokens"].shape[1]
         row = {"step": step, "epoch": loader.epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                "tokens": int(step_tokens), "targets": int(step_targets), "seq_len": seq_len, "skipped": skipped,
-               **throughput.measure(step_time, step_tokens, seq_len, total_steps - step)}
+               **throughput.measure(step_time, step_tokens, step_pairs, total_steps - step)}
         logger.log_step(row, total_steps, print_line=step % cfg.log.every == 0 or step in (1, total_steps))
         if nonfinite_in_a_row > cfg.max_nonfinite:
             raise TrainingError(f"stopping: {nonfinite_in_a_row} non-finite steps in a row at step {step} "
@@ -280,7 +284,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         fault_point("term", step, info.rank)
 
         if heldout_loader is not None and (step % cfg.eval.every == 0 or step == total_steps):
-            values = heldout_loss(model, heldout_loader, cfg.eval.max_batches, info.device)
+            values = heldout_loss(model, heldout_loader, cfg.eval.max_batches, info.device, cfg.parallel.attention)
             records = load_records(cfg.eval.heldout)[: cfg.eval.samples]
             samples = sample_responses(model, tokenizer, records, cfg.data.template,
                                        cfg.eval.max_new_tokens, info.device)
