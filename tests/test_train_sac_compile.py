@@ -131,7 +131,8 @@ def test_compiled_layers_train_like_eager_over_20_packed_steps_without_recompili
     assert graphs > 0  # it really compiled
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # and never again
     torch.testing.assert_close(torch.tensor(compiled_losses), torch.tensor(eager_losses), rtol=1e-5, atol=0)
-    assert compiled_losses[-1] < compiled_losses[0] - 0.5  # the run trains
+    # the run trains: random tokens over 47 ids, so the loss falls towards the floor ln(47) = 3.85
+    assert compiled_losses[-1] < compiled_losses[0]
 
 
 @needs_cxx
