@@ -114,6 +114,10 @@ class FlexDocuments:
         # Inside a compiled layer dynamo traces flex_attention itself; eager callers get the
         # compiled kernel (uncompiled flex materialises the full score matrix).
         fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
+        if q.device.type == "cpu":
+            # Inductor's CPU flex template reads its inputs' buffers as 4-D; traced inside a
+            # compiled layer, q/k/v are views of the 5-D RoPE output and its lowering fails.
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return fn(q, k, v, block_mask=self.block_mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
@@ -138,7 +142,7 @@ class CacheMask:
         return out.reshape(B, H, T, hd)
 
 
-Attention = Causal | DenseMask | PerDocument | FlexDocuments | CacheMask
+AttentionInputs = Causal | DenseMask | PerDocument | FlexDocuments | CacheMask
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -152,7 +156,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def build_attention(document_ids: torch.Tensor | None, backend: str = "auto",
-                    device: torch.device | str | None = None) -> Attention:
+                    device: torch.device | str | None = None) -> AttentionInputs:
     """The attention of one micro-batch. `document_ids` (B, T) as the batch holds it (on the host:
     the per-document path reads its spans there without a device sync), or None for unpacked rows;
     `device` is where the model runs (default: where the ids are)."""

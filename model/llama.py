@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.args import ModelArgs
-from model.attention import Attention as AttentionInputs
-from model.attention import CacheMask, Causal, build_attention
+from model.attention import AttentionInputs, CacheMask, Causal, build_attention
 
 
 class RMSNorm(nn.Module):

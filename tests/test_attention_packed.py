@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.collate import collate_packed, collate_padded
+from data.collate import collate_packed, collate_padded, collate_rows
 from model import ModelArgs, Transformer
 from model.attention import CacheMask, build_attention, document_segments
 
@@ -116,6 +116,29 @@ def test_compiled_flex_forward_on_cpu_equals_the_padded_batch(n_kv_heads):
         oracle = _padded_oracle(model, examples)
         losses, _ = _target_losses(model, packed, build_attention(packed["document_ids"], "flex"))
     torch.testing.assert_close(losses, oracle, rtol=1e-5, atol=1e-6)
+
+
+@needs_cxx
+@pytest.mark.slow
+@torch.no_grad()
+def test_flex_inside_compiled_layers_equals_the_padded_batch_and_compiles_once():
+    """parallel.compile's path: flex traced inside each compiled decoder layer. Two batches of one
+    shape but different document layouts: the second reuses the first one's graph."""
+    from train.parallel import apply_compile
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager, model = _model(2), _model(2)
+    apply_compile(model)
+    graphs = None
+    for seed in (4, 5):
+        examples = _examples(n=6, seed=seed)
+        packed = collate_rows([examples[:3], examples[3:]], pack_len=80, pad_id=2)
+        losses, _ = _target_losses(model, packed, build_attention(packed["document_ids"], "flex"))
+        torch.testing.assert_close(losses, _padded_oracle(eager, examples), rtol=1e-5, atol=1e-6)
+        count = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert count > 0 and (graphs is None or count == graphs)
+        graphs = count
 
 
 @torch.no_grad()
