@@ -37,9 +37,9 @@ def _examples(n=7, vocab=50, seed=0):
     return out
 
 
-def _model(n_kv_heads):
+def _model(n_kv_heads, dim=32):
     torch.manual_seed(0)
-    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, vocab_size=50, multiple_of=16)
+    args = ModelArgs(dim=dim, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, vocab_size=50, multiple_of=16)
     model = Transformer(args)
     model.init_weights()
     return model.float()
@@ -168,7 +168,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.mark.cuda
 @pytest.mark.parametrize("n_kv_heads", [2, 4], ids=["gqa", "mha"])
 def test_flex_on_cuda_forward_and_backward_equal_the_padded_batch(n_kv_heads):
-    model, examples = _model(n_kv_heads).cuda(), _examples()
+    model, examples = _model(n_kv_heads, dim=128).cuda(), _examples()  # head_dim 32: flex's GPU kernel wants >= 16
     on = lambda b: {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in b.items()}  # noqa: E731
     padded, packed = on(collate_padded(examples, pad_id=2)), on(collate_packed(examples, pack_len=64, pad_id=2))
     oracle, _ = _target_losses(model, padded, build_attention(None))
@@ -191,7 +191,7 @@ def test_flex_on_cuda_forward_and_backward_equal_the_padded_batch(n_kv_heads):
 def test_cuda_prefill_and_decode_run_without_the_math_kernel(dtype):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    model = _model(2).to("cuda", dtype)
+    model = _model(2, dim=128).to("cuda", dtype)
     seq = torch.randint(3, 50, (2, 20), device="cuda")
     model.setup_caches(2, 32)
     try:
