@@ -5,9 +5,11 @@ Parameter names and the q/k row order follow Meta's reference `model.py`, so Met
 as they are; RoPE rotates interleaved pairs (x[2i], x[2i+1]) as Meta's complex formulation does
 (HF checkpoints permute q/k rows for their `rotate_half`; tools/convert.py undoes that).
 
-One `forward` serves three uses:
-  training      model(tokens)                                  plain causal attention
-  packed rows   model(tokens, positions=..., document_ids=...) block-diagonal causal attention
+One `forward` serves three uses; how tokens attend is decided once per batch by the caller
+(model/attention.py) and passed in, so the layers never build masks:
+  training      model(tokens)                                   plain causal attention
+  packed rows   attn = build_attention(document_ids, backend)   block-diagonal causal attention
+                model(tokens, positions, attn)                  (document_ids=... builds it here)
   decoding      model.setup_caches(...); model(tokens, input_pos=...)  prefill, then 1 token a step
 """
 
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.args import ModelArgs
+from model.attention import AttentionInputs, CacheMask, Causal, build_attention
 from model.loss import chunked_cross_entropy
 
 
@@ -100,7 +103,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, mask: torch.Tensor | None, input_pos: torch.Tensor | None):
+    def forward(self, x, cos, sin, attn: AttentionInputs, input_pos: torch.Tensor | None):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, n_heads, hd)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, n_kv_heads, hd)
@@ -109,10 +112,9 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hd)
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv_heads, max_len, hd)
-        # Grouped-query attention: each group of n_heads // n_kv_heads query heads shares one k/v.
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_kv_heads != self.n_heads
-        )  # (B, n_heads, T, hd)
+        # Grouped-query attention: each group of n_heads // n_kv_heads query heads shares one k/v;
+        # `attn` (built once per batch) picks the kernel and the document/cache masking.
+        out = attn(q, k, v)  # (B, n_heads, T, hd)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -135,8 +137,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None):
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, input_pos)
+    def forward(self, x, cos, sin, attn, input_pos=None):
+        h = x + self.attention(self.attention_norm(x), cos, sin, attn, input_pos)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -201,20 +203,19 @@ class Transformer(nn.Module):
             layer.attention.kv_cache = KVCache(max_batch_size, a.n_kv_heads, max_seq_len, a.head_dim,
                                                dtype, device)
         self.max_cache_len, self.max_cache_batch = max_seq_len, max_batch_size
-        causal = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=device).tril()
-        self.register_buffer("causal_mask", causal, persistent=False)
 
     def reset_caches(self) -> None:
         for layer in self.layers:
             layer.attention.kv_cache = None
         self.max_cache_len = self.max_cache_batch = 0
-        self.causal_mask = None
 
     # ---------------------------------------------------------------- forward
     def forward(
         self,
         tokens: torch.Tensor,
         positions: torch.Tensor | None = None,
+        attn: AttentionInputs | None = None,
+        *,
         document_ids: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
@@ -228,29 +229,31 @@ class Transformer(nn.Module):
         last_only: logits of the last position only, (B, 1, vocab) (prefill in decoding).
 
         positions (B, T): RoPE positions, default 0..T-1 (packed rows restart at 0 per example).
-        document_ids (B, T): attend only within equal ids (and causally): packed examples never
-            see each other.
+        attn: from model.attention.build_attention, once per batch; default plain causal.
+        document_ids (B, T): shorthand for attn=build_attention(document_ids) (packed examples
+            never see each other).
         input_pos (T,): absolute positions in the KV cache (after `setup_caches`).
         """
+        if isinstance(attn, torch.Tensor):
+            raise TypeError("the third argument of Transformer.forward is `attn` (model.attention."
+                            "build_attention); pass document ids as document_ids=...")
         B, T = tokens.shape
-        mask = None
         if input_pos is not None:
             if self.max_cache_len == 0:
                 raise RuntimeError("input_pos given but no KV cache: call setup_caches() first")
             positions = input_pos
-            mask = self.causal_mask[None, None, input_pos]  # (1, 1, T, max_len): row t sees <= t
-        else:
-            if positions is None:
-                positions = torch.arange(T, device=tokens.device)
-            if document_ids is not None:
-                same_doc = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
-                causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
-                mask = (same_doc & causal)[:, None]  # (B, 1, T, T), broadcast over heads
+            if attn is None:
+                a = self.args
+                attn = CacheMask(input_pos, self.max_cache_len, a.n_heads, a.n_kv_heads)
+        elif positions is None:
+            positions = torch.arange(T, device=tokens.device)
+        if attn is None:
+            attn = Causal() if document_ids is None else build_attention(document_ids)
         cos, sin = rope_cos_sin(rope_inv_freq(self.args, tokens.device), positions)
 
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, input_pos)
+            h = layer(h, cos, sin, attn, input_pos)
         h = self.norm(h)
         weight = self.tok_embeddings.weight if self.output is None else self.output.weight
         if labels is not None:

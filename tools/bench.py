@@ -36,7 +36,7 @@ def bench_train(argv: list[str]) -> int:
 
     from train.config import ConfigError, load_config
     from train.loop import train
-    from train.metrics import flops_per_token, peak_flops
+    from train.metrics import model_flops, peak_flops
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         # A benchmark measures the loop, not checkpoints, exports or evaluation.
@@ -66,8 +66,8 @@ def bench_train(argv: list[str]) -> int:
     from train.loop import model_args
 
     args = model_args(cfg, Tokenizer(cfg.tokenizer or str(Path(cfg.model.init_from) / "tokenizer.model")))
-    # Model FLOPs of the measured steps, each at its own (padded or packed) row length.
-    flops = sum(flops_per_token(args, r["seq_len"]) * r["tokens"] for r in rows)
+    # Model FLOPs of the measured steps, attention counted per document (train/metrics.py).
+    flops = sum(model_flops(args, r["tokens"], r["attention_pairs"]) for r in rows)
     result = {
         "config": ns.config, "overrides": ns.overrides, "device": _device_name(device), "world_size": world,
         "dtype": cfg.parallel.mixed_precision, "activation_checkpointing": cfg.parallel.activation_checkpointing,

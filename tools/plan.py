@@ -71,7 +71,7 @@ def measure(cfg, args, steps: int = 3) -> dict:
     from train.loop import build_model
     from train.optim import build_optimizer, build_scheduler
     from train.plan import tokens_per_micro_batch
-    from train.step import train_step
+    from train.step import prepare_batch, train_step
 
     info = parallel.init_distributed()
     mesh = parallel.build_mesh(cfg.parallel, info)
@@ -81,8 +81,9 @@ def measure(cfg, args, steps: int = 3) -> dict:
 
     def batch() -> dict:
         tokens = torch.randint(0, args.vocab_size, (micro, T), generator=g)
-        return {"tokens": tokens.to(info.device), "labels": tokens.roll(-1, 1).to(info.device),
-                "positions": None, "document_ids": None, "num_targets": micro * T, "num_tokens": micro * T}
+        return prepare_batch({"tokens": tokens, "labels": tokens.roll(-1, 1), "positions": None,
+                              "document_ids": None, "num_targets": micro * T, "num_tokens": micro * T},
+                             info.device, cfg.parallel.attention)
 
     batches = [[batch() for _ in range(cfg.batch.grad_accum)] for _ in range(steps)]
     _warm_up(info.device)

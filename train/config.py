@@ -23,8 +23,8 @@ Schema (YAML, every section optional; defaults below):
     data: {...}                  # data.config.DataConfig (owned by data/; see its docstring)
     optim: {lr, weight_decay, betas, eps, warmup_ratio, grad_clip, schedule, min_lr_ratio}
     batch: {micro_batch_size, grad_accum}   # global batch = micro * accum * data-parallel ranks
-    parallel: {fsdp, shard_size, mixed_precision, activation_checkpointing, ac_every_n, compile, tf32,
-               memory_check, memory_gb}
+    parallel: {fsdp, shard_size, mixed_precision, activation_checkpointing, ac_every_n, compile, attention,
+               tf32, memory_check, memory_gb}
     checkpoint: {every, keep, export, export_dtype}
     log: {every, tensorboard}
     eval: {every, heldout, max_batches, samples, max_new_tokens, exact_match}
@@ -87,9 +87,12 @@ class ParallelConfig:
     fsdp: str = "full"  # full (shard over all ranks) | hybrid (shard in a node, replicate across) | none
     shard_size: int | None = None  # hybrid: ranks per shard group; default LOCAL_WORLD_SIZE
     mixed_precision: str = "bf16"  # bf16 (fp32 master + fp32 reduce) | fp32 | pure_bf16
-    activation_checkpointing: str = "none"  # none | full (every layer) | every_n
+    activation_checkpointing: str = "none"  # none | selective (save matmuls) | full (every layer) | every_n
     ac_every_n: int = 2  # with every_n: checkpoint layers 0, n, 2n, ...
     compile: bool = False  # torch.compile each decoder layer
+    # How packed rows attend (model/attention.py): auto = flex on CUDA, one SDPA call per
+    # document on CPU | flex | documents | dense (one (B, 1, T, T) mask)
+    attention: str = "auto"
     tf32: bool = True  # TF32 matmuls on Ampere+ (no effect on CPU)
     # Before the model is built, tools.plan's prediction is checked against each device's memory
     # (memory_gb, default: the GPU's own; on a CPU only when memory_gb is given): error stops
@@ -150,7 +153,8 @@ class TrainConfig:
 CHOICES = {
     "parallel.fsdp": ("full", "hybrid", "none"),
     "parallel.mixed_precision": ("bf16", "fp32", "pure_bf16"),
-    "parallel.activation_checkpointing": ("none", "full", "every_n"),
+    "parallel.activation_checkpointing": ("none", "selective", "full", "every_n"),
+    "parallel.attention": ("auto", "flex", "documents", "dense"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "checkpoint.export_dtype": ("fp32", "bf16", "fp16"),
     "model.init_on": ("auto", "host", "device"),

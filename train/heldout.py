@@ -9,11 +9,12 @@ import torch.distributed as dist
 from data.alpaca import encode_prompt
 from data.prompts import format_prompt
 from train.parallel import all_reduce_sum
-from train.step import to_device
+from train.step import prepare_batch
 
 
 @torch.no_grad()
-def heldout_loss(model: torch.nn.Module, loader, max_batches: int, device: torch.device) -> dict[str, float]:
+def heldout_loss(model: torch.nn.Module, loader, max_batches: int, device: torch.device,
+                 attention: str = "auto") -> dict[str, float]:
     """Token-level mean CE over the held-out set (summed over ranks, divided by all targets)."""
     model.eval()
     loss_sum, targets = torch.zeros((), dtype=torch.float64, device=device), 0
@@ -21,9 +22,9 @@ def heldout_loss(model: torch.nn.Module, loader, max_batches: int, device: torch
     for i, b in enumerate(loader.one_pass()):
         if max_batches > 0 and i >= max_batches:
             break
-        b = to_device(b, device)
+        b = prepare_batch(b, device, attention)
         # The training loss's own chunked cross-entropy (model/loss.py), summed on the device.
-        loss_sum += model(b["tokens"], b["positions"], b["document_ids"], labels=b["labels"]).double()
+        loss_sum += model(b["tokens"], b["positions"], b["attn"], labels=b["labels"]).double()
         targets += b["num_targets"]
     total, count = all_reduce_sum([float(loss_sum), targets], device)
     model.train()

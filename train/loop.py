@@ -32,13 +32,13 @@ from model.tokenizer import Tokenizer, TokenizerError
 from train import checkpoint as ckpt
 from train import parallel
 from train.config import ConfigError, TrainConfig, save_config
-from train.faults import fault_point
 from train.evaluate import evaluate_on_ranks
+from train.faults import fault_point
 from train.heldout import heldout_loss, sample_responses
-from train.step import to_device, train_step
 from train.metrics import MetricsLogger, Throughput
 from train.optim import build_optimizer, build_scheduler
 from train.plan import check_fits
+from train.step import prepare_batch, train_step
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -227,7 +227,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     batches = iter(loader)
     row: dict = {}
     loader_state = loader.state_dict()  # the position after the last *completed* step
-    next_batches = [to_device(next(batches), info.device) for _ in range(accum)]
+    next_batches = [prepare_batch(next(batches), info.device, cfg.parallel.attention) for _ in range(accum)]
     while step < total_steps:
         t0 = time.perf_counter()
         micro_batches = next_batches
@@ -237,7 +237,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         step += 1
         loader_state, epoch = loader.state_dict(), loader.epoch
         if step < total_steps:  # prepared on the host while the device runs the optimizer step
-            next_batches = [to_device(next(batches), info.device) for _ in range(accum)]
+            next_batches = [prepare_batch(next(batches), info.device, cfg.parallel.attention) for _ in range(accum)]
         step_time = time.perf_counter() - t0
         if result.skipped:
             nonfinite_in_a_row += 1
@@ -249,8 +249,9 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         # ------------------------------------------------------------ logging
         seq_len = micro_batches[0]["tokens"].shape[1]
         row = {"step": step, "epoch": epoch, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-               "tokens": result.tokens, "targets": result.targets, "seq_len": seq_len, "skipped": result.skipped,
-               **throughput.measure(step_time, result.tokens, seq_len, total_steps - step)}
+               "tokens": result.tokens, "targets": result.targets, "seq_len": seq_len,
+               "attention_pairs": result.attention_pairs, "skipped": result.skipped,
+               **throughput.measure(step_time, result.tokens, result.attention_pairs, total_steps - step)}
         logger.log_step(row, total_steps, print_line=step % cfg.log.every == 0 or step in (1, total_steps))
         if nonfinite_in_a_row > cfg.max_nonfinite:
             raise TrainingError(f"stopping: {nonfinite_in_a_row} non-finite steps in a row at step {step} "
@@ -259,7 +260,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         fault_point("term", step, info.rank)
 
         if heldout_loader is not None and (step % cfg.eval.every == 0 or step == total_steps):
-            values = heldout_loss(model, heldout_loader, cfg.eval.max_batches, info.device)
+            values = heldout_loss(model, heldout_loader, cfg.eval.max_batches, info.device, cfg.parallel.attention)
             records = load_records(cfg.eval.heldout)[: cfg.eval.samples]
             samples = sample_responses(model, tokenizer, records, cfg.data.template,
                                        cfg.eval.max_new_tokens, info.device)

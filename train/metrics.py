@@ -5,9 +5,14 @@ step, loss, lr, grad_norm, tokens, tokens_per_s (GUIDE.md). On resume the rows a
 step (written by the run that died) are dropped, so the file reads as one uninterrupted run.
 
 Throughput is counted in real tokens (non-padding inputs, summed over ranks): padding is work the
-GPU does but not progress. MFU = model FLOPs per token * tokens/s / peak FLOP/s, with the FLOPs
-per token of a dense decoder, 6 * n_params + 12 * n_layers * dim * seq (forward + backward,
-attention scores included; activation recomputation is not counted, as in PaLM's definition).
+GPU does but not progress. MFU = model FLOPs / step time / peak FLOP/s, with a step's model FLOPs
+
+    6 * n_params * tokens + 12 * n_layers * dim * sum over documents of L_i^2
+
+(forward + backward, PaLM's definition: activation recomputation is not counted, nor is padding).
+A token of a document of length L attends to L keys: a packed row's examples are the documents,
+an unpacked row is one document of its real length. Counting a packed row's attention as T^2
+would credit work the document mask forbids (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import torch
 
+from data.alpaca import IGNORE_INDEX
 from model.args import ModelArgs
 
 # Dense bf16 peak, TFLOP/s (vendor datasheets). Only these are known; anything else gets no MFU
@@ -31,8 +37,35 @@ PEAK_TFLOPS_BF16 = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "H800": 989.0, 
 TIMING_KEYS = ("tokens_per_s", "step_time_s", "mfu", "peak_mem_gb", "elapsed_s", "eta_s")
 
 
-def flops_per_token(args: ModelArgs, seq_len: int) -> float:
-    return 6.0 * args.num_params() + 12.0 * args.n_layers * args.dim * seq_len
+def model_flops(args: ModelArgs, tokens: float, attention_pairs: float) -> float:
+    """Model FLOPs of `tokens` real tokens whose documents' squared lengths sum to `attention_pairs`."""
+    return 6.0 * args.num_params() * tokens + 12.0 * args.n_layers * args.dim * attention_pairs
+
+
+def document_lengths(batch: dict) -> torch.Tensor:
+    """Lengths of the real documents of a batch (1-D LongTensor), read from the batch on the host.
+
+    Packed rows: runs of equal `document_ids`; a run without any target is the padding tail
+    (every example has at least one target). Unpacked rows (document_ids None): each row is one
+    right-padded example, of length 1 + the index of its last target.
+    """
+    labels = batch["labels"]
+    has_target = labels != IGNORE_INDEX  # (B, T)
+    B, T = labels.shape
+    if batch.get("document_ids") is None:
+        idx = torch.arange(1, T + 1).expand(B, T)
+        lengths = torch.where(has_target, idx, 0).amax(dim=1)
+        return lengths[lengths > 0]
+    # One key per (row, document): runs never merge across rows.
+    keys = (batch["document_ids"] + torch.arange(B)[:, None] * (T + 1)).flatten()
+    _, inverse, counts = torch.unique_consecutive(keys, return_inverse=True, return_counts=True)
+    targets = torch.zeros(len(counts), dtype=torch.long).index_add_(0, inverse, has_target.flatten().long())
+    return counts[targets > 0]
+
+
+def attention_pairs(batch: dict) -> int:
+    """sum of L_i^2 over the batch's documents: the (query, key) pairs that attention FLOPs scale with."""
+    return int((document_lengths(batch) ** 2).sum())
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -144,12 +177,14 @@ class Throughput:
         self.start = time.perf_counter()
         self.steps = 0
 
-    def measure(self, step_time: float, tokens: int, seq_len: int, remaining_steps: int) -> dict[str, Any]:
+    def measure(self, step_time: float, tokens: float, attention_pairs: float, remaining_steps: int
+                ) -> dict[str, Any]:
+        """tokens and attention_pairs (see `attention_pairs`) of the whole step, all ranks."""
         self.steps += 1
         tps = tokens / max(step_time, 1e-9)
         mfu = None
-        if self.peak is not None:  # per-device MFU: global throughput over all devices' peak
-            mfu = flops_per_token(self.args, seq_len) * tps / (self.peak * self.world)
+        if self.peak is not None:  # per-device MFU: global model FLOP/s over all devices' peak
+            mfu = model_flops(self.args, tokens, attention_pairs) / max(step_time, 1e-9) / (self.peak * self.world)
         avg = (time.perf_counter() - self.start) / self.steps
         return {"tokens_per_s": tps, "step_time_s": step_time, "mfu": mfu,
                 "peak_mem_gb": peak_memory_gb(self.device), "eta_s": avg * remaining_steps}

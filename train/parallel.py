@@ -120,20 +120,54 @@ def compute_dtype(cfg: ParallelConfig) -> torch.dtype:
     return torch.float32 if cfg.mixed_precision == "fp32" else torch.bfloat16
 
 
+# Selective activation checkpointing (torchtitan's op-level policy): keep the outputs of the
+# expensive ops (matmuls, attention kernels) and recompute only what is cheap to redo in backward
+# (norms, RoPE, SiLU, the gate product, casts). Most of a layer's saved bytes are those cheap
+# element-wise intermediates; most of its FLOPs are the matmuls, which are not redone.
+_SAC_SAVE = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+    torch.ops.higher_order.flex_attention,
+}
+
+
+def _sac_policy(ctx, func, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if func in _SAC_SAVE else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _sac_context():
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(_sac_policy)
+
+
 def apply_activation_checkpointing(model: torch.nn.Module, cfg: ParallelConfig) -> None:
     """Recompute a layer's activations in backward instead of storing them: memory for compute.
-    `full` wraps every layer; `every_n` wraps layers 0, n, 2n, ... (a middle ground)."""
+    `full` wraps every layer; `every_n` wraps layers 0, n, 2n, ... (a middle ground); `selective`
+    wraps every layer but saves matmul and attention outputs, recomputing only element-wise ops."""
     if cfg.activation_checkpointing == "none":
         return
-    every = 1 if cfg.activation_checkpointing == "full" else cfg.ac_every_n
+    every = cfg.ac_every_n if cfg.activation_checkpointing == "every_n" else 1
+    extra = {"context_fn": _sac_context} if cfg.activation_checkpointing == "selective" else {}
     for i, layer in enumerate(model.layers):
         if i % every == 0:
             # Non-reentrant checkpointing composes with FSDP2's hooks and with torch.compile.
-            model.layers[i] = checkpoint_wrapper(layer, preserve_rng_state=False)
+            model.layers[i] = checkpoint_wrapper(layer, preserve_rng_state=False, **extra)
 
 
 def apply_compile(model: torch.nn.Module) -> None:
-    """Compile each decoder layer on its own (same graph for every layer, so it compiles once)."""
+    """Compile each decoder layer on its own (same graph for every layer, so it compiles once).
+
+    Called after activation checkpointing (so the checkpoint region is traced inside the compiled
+    graph) and before FSDP (whose hooks stay outside it). Packed rows have one shape, so after the
+    first step nothing recompiles (tests/test_train_sac_compile.py)."""
     for i, layer in enumerate(model.layers):
         model.layers[i] = torch.compile(layer)
 

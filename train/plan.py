@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from model.args import ModelArgs
 from model.loss import chunk_tokens
 from train.config import TrainConfig
+from train.metrics import model_flops
 
 GB = 1e9
 GPUS = {"a100-40": 40.0, "a100": 80.0, "a100-80": 80.0, "h100": 80.0, "h200": 141.0}
@@ -150,17 +151,10 @@ def plan(cfg: TrainConfig, args: ModelArgs, gpus: int, context_gb: float = CONTE
     t["loss"] = chunk * V * (16 + (2 * c if c < 4 else 0))
     t["slack"] = SLACK * sum(t.values())
     t["context"] = context_gb * GB
-    out.flops_per_step = flops_per_token(args, cfg) * T * cfg.batch.grad_accum * gpus
+    # train.metrics' model FLOPs, every token in a document of the longest length (an upper bound).
+    step_tokens = T * cfg.batch.grad_accum * gpus
+    out.flops_per_step = model_flops(args, step_tokens, step_tokens * (cfg.data.max_len - 1))
     return out
-
-
-def flops_per_token(args: ModelArgs, cfg: TrainConfig) -> float:
-    """6N plus attention (12 * layers * dim * attended keys): causal attention over documents of
-    ~row length attends to half the row on average; packing is counted per document at the
-    average example length, max_len / 2 (the real mix is in docs/PERFORMANCE.md)."""
-    row = cfg.data.pack_len if cfg.data.packing else cfg.data.max_len - 1
-    doc = min(row, cfg.data.max_len - 1)
-    return 6.0 * args.num_params() + 12.0 * args.n_layers * args.dim * doc / 2
 
 
 def smallest_fix(cfg: TrainConfig, args: ModelArgs, gpus: int, gpu_mem_gb: float,

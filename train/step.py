@@ -24,7 +24,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from model.attention import build_attention
 from train.config import ParallelConfig
+from train.metrics import attention_pairs
 
 
 @dataclass
@@ -35,12 +37,18 @@ class StepResult:
     targets: int  # trained tokens, all ranks
     skipped: bool  # non-finite loss or gradient: weights, moments and schedule left untouched
     stop_votes: int  # ranks that were asked to stop (SIGTERM/SIGINT) before the step ended
+    attention_pairs: int  # sum over documents of length^2, all ranks (train.metrics MFU)
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch's tensors on `device`; on CUDA from pinned memory without blocking the host."""
+def prepare_batch(batch: dict, device: torch.device, attention: str = "auto") -> dict:
+    """What a micro-batch needs on the device, prepared on the host ahead of the step: how its
+    tokens attend (model.attention, built once for all layers from the host's document ids), its
+    attention (query, key) pairs for MFU, and its tensors on `device` (on CUDA from pinned memory
+    without blocking the host)."""
     cuda = device.type == "cuda"
     out = dict(batch)
+    out["attn"] = build_attention(batch["document_ids"], attention, device)
+    out["attention_pairs"] = attention_pairs(batch)
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             out[k] = (v.pin_memory() if cuda else v).to(device, non_blocking=cuda)
@@ -69,8 +77,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     dp_world = dist.get_world_size() if dist.is_initialized() else 1
     # Targets and real tokens of the whole step, all ranks, counted before any backward:
     # the gradient of each micro-batch is scaled by 1 / (step's targets) on the device.
-    counts = _all_reduce(torch.tensor([sum(b["num_targets"] for b in micro_batches),
-                                       sum(b["num_tokens"] for b in micro_batches)],
+    counts = _all_reduce(torch.tensor([sum(b[k] for b in micro_batches)
+                                       for k in ("num_targets", "num_tokens", "attention_pairs")],
                                       dtype=torch.float64, device=device))
     # FSDP averages gradients over the dp_world ranks; scaling by dp_world turns that average
     # back into the sum, so the gradient is exactly d(total loss / step targets).
@@ -78,7 +86,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for i, b in enumerate(micro_batches):
         set_gradient_sync(model, pcfg, i == len(micro_batches) - 1)
-        token_loss_sum = model(b["tokens"], b["positions"], b["document_ids"], labels=b["labels"])
+        token_loss_sum = model(b["tokens"], b["positions"], b["attn"], labels=b["labels"])
         (token_loss_sum * grad_scale).backward()
         loss_sum += token_loss_sum.detach().double()
 
@@ -89,7 +97,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     # Loss and stop votes summed over ranks in one collective; then the step's one host read.
     totals = _all_reduce(torch.stack([loss_sum, torch.tensor(float(stop_requested), dtype=torch.float64,
                                                                    device=device)]))
-    loss_total, stop_votes, grad_norm_f, targets, tokens = torch.cat(
+    loss_total, stop_votes, grad_norm_f, targets, tokens, pairs = torch.cat(
         [totals, grad_norm.detach().double().reshape(1), counts]).tolist()
     loss = loss_total / max(targets, 1.0)
 
@@ -98,4 +106,4 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         optimizer.step()
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss, grad_norm_f, int(tokens), int(targets), skipped, int(stop_votes))
+    return StepResult(loss, grad_norm_f, int(tokens), int(targets), skipped, int(stop_votes), int(pairs))
