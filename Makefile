@@ -9,7 +9,7 @@ NPROC    ?= 1
 ARGS     ?=
 CKPT     ?= runs/tiny/final
 
-.PHONY: setup train generate chat convert bench test lint data-stats clean
+.PHONY: setup train generate chat convert bench test lint data-stats clean gpu-check plan
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ bench: $(VENV)/.runtime
 
 data-stats: $(VENV)/.runtime
 	$(PY) -m tools.data_stats $(ARGS)
+
+# Memory/time plan of CONFIG before queueing it: make plan CONFIG=configs/alpaca_7b.yaml ARGS='--model llama1-7b'
+plan: $(VENV)/.runtime
+	$(PY) -m tools.plan --config $(CONFIG) $(ARGS)
+
+# On a GPU machine with a preinstalled torch (no .venv, no pip, no network): CUDA tests, training
+# benchmarks and decode speed as one markdown table. ARGS=--cpu runs the reduced CPU mode.
+gpu-check:
+	$(PYTHON) -m tools.gpu_check $(ARGS)
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q $(ARGS)
