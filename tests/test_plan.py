@@ -87,3 +87,20 @@ def test_prediction_within_20_percent_of_the_measured_cpu_peak(extra):
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0.8 <= row["predicted_gb"] / row["measured_gb"] <= 1.2, row
+
+
+RECIPES = {"alpaca_7b.yaml": "llama1-7b", "alpaca_13b.yaml": "llama1-13b", "llama2_7b.yaml": "llama2-7b",
+           "alpaca_7b_fast.yaml": "llama1-7b", "llama2_7b_fast.yaml": "llama2-7b",
+           "llama3_8b_alpaca.yaml": "llama3-8b", "llama31_8b_instruct_alpaca.yaml": "llama3.1-8b"}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_header_states_what_the_planner_says_and_fits_8x80(name):
+    import re
+
+    text = (CONFIGS / name).read_text()
+    stated = re.search(r"Memory \(python -m tools.plan --config configs/(\S+) --model (\S+)\): ([\d.]+) GB", text)
+    assert stated and stated.group(1) == name and stated.group(2) == RECIPES[name], name
+    p = plan(_cfg(name), ModelArgs.preset(RECIPES[name]), gpus=8)
+    assert round(p.total / GB, 2) == float(stated.group(3))
+    assert p.fits(80.0)
