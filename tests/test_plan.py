@@ -13,7 +13,7 @@ import pytest
 from model.args import ModelArgs
 from tests.train_helpers import ROOT
 from train.config import load_config
-from train.plan import plan, smallest_fix
+from train.plan import GB, plan, smallest_fix
 
 CONFIGS = ROOT / "configs"
 
