@@ -38,6 +38,7 @@ from model.checkpoint import (
     write_shards,
 )
 from model.llama import Transformer
+from model.manifest import write_manifest
 from tools.convert_hf import (
     HF_IGNORED_RE,
     ConvertError,
@@ -329,6 +330,7 @@ def convert_to_hf(src: Path, dst: Path, dtype: torch.dtype | None, max_shard_byt
         if sp is not None:
             tok_cfg = hf_tokenizer_config(sp, args.max_seq_len)
             (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+        write_manifest(tmp)  # last, as save_checkpoint does: sizes + SHA-256 of every file
         commit_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,15 +2,23 @@
 
 Layout under `<output_dir>/checkpoints/`:
 
-    step_200/            a complete checkpoint: DCP shards + .metadata (model, optimizer),
-                         train_state_rank{r}.pt per rank (step, scheduler, data-loader, RNG states)
+    step_200/            DCP shards + .metadata (model, optimizer), train_state_rank{r}.pt per
+                         rank (step, scheduler, data-loader, RNG states), and manifest.json
     .tmp_step_300/       a checkpoint being written; never read by resume, removed at start-up
+    step_100.corrupt/    a step_100 that failed verification and was superseded (kept, never deleted)
 
-Why temp + rename: `dcp.save` writes many files from many ranks; if the job dies half way the
-directory is incomplete. Every rank writes into `.tmp_step_N`, all ranks meet at a barrier, and
-only then rank 0 renames it to `step_N` (an atomic rename on POSIX filesystems, shared ones
-included). So a `step_N` directory is complete by construction and `resume=auto` simply takes
-the highest N.
+Why temp + manifest + rename: `dcp.save` writes many files from many ranks; if the job dies half
+way the directory is incomplete. Every rank writes into `.tmp_step_N`; the ranks then hash the
+files between them and rank 0 writes `manifest.json` (size + SHA-256 of every file, model/manifest.py)
+last and renames the directory to `step_N` (atomic on POSIX filesystems, shared ones included).
+The rename alone is not enough on shared storage: a quota or a copy can truncate a file *after*
+the fact, so a checkpoint counts only when it verifies against its manifest. `resume=auto` takes
+the newest one that does and names every one it skipped; keep-K counts only verified ones.
+
+Why every save step ends in an all-gather of errors: a full disk or a read-only directory fails on
+one rank only (the one whose file hit the quota); a rank that raised alone would leave the others
+waiting in the next collective until the process-group timeout. Agreeing first means every rank
+stops with the same one-line message and rank 0 removes the partial directory.
 
 Why the per-rank file: RNG states and the sampler position are per-rank facts, not tensors to
 shard; `torch.save` of plain types is read back with `weights_only=True` (nothing executable).
@@ -22,7 +30,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -41,14 +51,28 @@ from torch.distributed.tensor import DTensor
 
 from model.args import ModelArgs
 from model.checkpoint import save_checkpoint
-from train.faults import fault_point
+from model.manifest import (
+    ManifestError,
+    check_checksums,
+    check_sizes,
+    describe,
+    list_files,
+    read_manifest,
+    write_manifest,
+)
+from train.faults import fault_point, faulty_filesystem
 from train.parallel import DistInfo, clean_name
 
 STEP_RE = re.compile(r"^step_(\d+)$")
+VERIFY = ("checksums", "sizes")  # checkpoint.verify: how hard resume looks before trusting a checkpoint
 
 
 class ResumeError(ValueError):
-    """The requested checkpoint cannot be resumed (missing, incomplete, other world size)."""
+    """The requested checkpoint cannot be resumed (missing, corrupt, other world size); exit 2."""
+
+
+class SaveError(RuntimeError):
+    """A checkpoint could not be written (full disk, quota, permissions); one line, exit 1."""
 
 
 def _barrier() -> None:
@@ -56,17 +80,83 @@ def _barrier() -> None:
         dist.barrier()
 
 
-# ---------------------------------------------------------------- discovery
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, on every rank (a barrier that also carries each rank's error)."""
+    if _world() == 1:
+        return [obj]
+    out: list[Any] = [None] * _world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast(obj: Any) -> Any:
+    if _world() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _one_line(e: BaseException) -> str:
+    """OSError says what and where ("[Errno 28] No space left on device: '...'"); DCP wraps the
+    failing ranks' exceptions in a CheckpointException whose str is a multi-line traceback."""
+    if isinstance(e, CheckpointException) and e.failures:
+        rank, (inner, _) = sorted(e.failures.items())[0]
+        return f"rank {rank}: {_one_line(inner)}"
+    return " ".join(f"{type(e).__name__}: {e}".split()) if not isinstance(e, OSError) else " ".join(str(e).split())
+
+
+# ---------------------------------------------------------------- discovery and verification
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, dir) of every complete checkpoint, oldest first."""
+    """(step, dir) of every `step_N` directory (verified or not), oldest first."""
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir()]
     return sorted(found)
 
 
-def resolve_resume(resume: str, root: Path) -> Path | None:
-    """none -> None; auto -> newest complete checkpoint (or None on a fresh run); else a path."""
+def size_problem(path: Path) -> str | None:
+    """Why `path` is not a complete checkpoint judged by its manifest and file sizes (a stat per
+    file), or None."""
+    try:
+        check_sizes(path, read_manifest(path)["files"])
+    except ManifestError as e:
+        return str(e)
+    return None
+
+
+def verified_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """The `step_N` directories whose manifest and file sizes check out, oldest first."""
+    return [(n, p) for n, p in complete_checkpoints(root) if size_problem(p) is None]
+
+
+def checkpoint_problem(path: Path, checksums: bool, local: bool = False) -> str | None:
+    """Why `path` cannot be trusted, or None. Collective unless `local`: every rank calls it, the
+    SHA-256 work is split across ranks (rank r hashes every world-th file) and all ranks return
+    the same answer."""
+    problem = size_problem(path)
+    share = (0, 1) if local else (dist.get_rank() if dist.is_initialized() else 0, _world())
+    if problem is None and checksums:
+        try:
+            files = read_manifest(path)["files"]
+            check_checksums(path, files, sorted(files)[share[0]::share[1]])
+        except ManifestError as e:
+            problem = str(e)
+    if local:
+        return problem
+    problems = sorted({p for p in _gather(problem) if p})
+    return problems[0] if problems else None
+
+
+def resolve_resume(resume: str, root: Path, checksums: bool = True,
+                   warn: Callable[[str], None] = print) -> Path | None:
+    """none -> None; auto -> the newest checkpoint that verifies (None on a fresh run); else PATH,
+    which must verify. Collective (verification is shared by the ranks); `warn` gets one line per
+    skipped checkpoint. Corrupt checkpoints are reported, never deleted."""
     if resume == "none":
         found = complete_checkpoints(root)
         if found:  # a fresh run would mix its checkpoints with (and prune) the earlier run's
@@ -75,10 +165,23 @@ def resolve_resume(resume: str, root: Path) -> Path | None:
         return None
     if resume == "auto":
         found = complete_checkpoints(root)
-        return found[-1][1] if found else None
+        skipped = []
+        for _, path in reversed(found):
+            problem = checkpoint_problem(path, checksums)
+            if problem is None:
+                return path
+            warn(f"resume: skipping {path.name}: {problem}")
+            skipped.append(path.name)
+        if skipped:  # every checkpoint is bad: starting over silently would hide a week's loss
+            raise ResumeError(f"resume=auto: no checkpoint in {root} verifies ({', '.join(skipped)}); "
+                              "move them away (or pick one with resume=PATH checkpoint.verify=sizes)")
+        return None
     path = Path(resume)
-    if not (path / ".metadata").is_file():
+    if not path.is_dir():
         raise ResumeError(f"resume: no complete checkpoint at {path} (expected a checkpoints/step_N dir)")
+    problem = checkpoint_problem(path, checksums)
+    if problem is not None:
+        raise ResumeError(f"resume: {problem}")
     return path
 
 
@@ -113,29 +216,142 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------- save / load
-def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         train_state: dict[str, Any], info: DistInfo, keep: int) -> Path:
-    """Write `step_N` atomically (every rank calls this), then drop all but the newest `keep`."""
-    final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
+def _fail_together(local: BaseException | None, what: str, info: DistInfo, root: Path, final: Path, tmp: Path) -> None:
+    """Collective: if any rank failed `what`, every rank raises the same SaveError (rank 0 first
+    removes the partial directory; earlier checkpoints are never touched)."""
+    mine = None if local is None else (_one_line(local) if isinstance(local, CheckpointException)
+                                       else f"rank {info.rank}: {_one_line(local)}")
+    errors = [e for e in _gather(mine) if e]
+    if not errors:
+        return
     if info.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-    dcp.save(state, checkpoint_id=str(tmp))
-    part = tmp / f"train_state_rank{info.rank}.pt"
-    torch.save({**train_state, "world_size": info.world_size}, str(part) + ".part")
-    os.replace(str(part) + ".part", part)
-    _barrier()
+    good = verified_checkpoints(root)
+    newest = f"newest good checkpoint {good[-1][1]}" if good else "no good checkpoint yet"
+    raise SaveError(f"saving checkpoint {final.name} failed while {what} ({errors[0]}); removed the partial "
+                    f"{tmp.name}; {newest}; fix the storage, then rerun with resume=auto")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (the directory entry itself), where the OS allows opening a dir."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _set_aside(path: Path) -> Path:
+    """Move a checkpoint that failed verification out of the `step_N` namespace, keeping it."""
+    target = path.with_name(path.name + ".corrupt")
+    i = 1
+    while target.exists():
+        target, i = path.with_name(f"{path.name}.corrupt{i}"), i + 1
+    os.replace(path, target)
+    return target
+
+
+def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         train_state: dict[str, Any], info: DistInfo, keep: int) -> Path:
+    """Write `step_N` atomically (every rank calls this), then drop all but the newest `keep`
+    verified checkpoints. Raises SaveError on every rank if any rank failed."""
+    final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
+    err: BaseException | None = None
     if info.is_main:
-        fault_point("kill_in_save", step, info.rank)  # tests only: the worst moment to die
-        if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for _, old in complete_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        except Exception as e:
+            err = e
+    _fail_together(err, "creating the directory", info, root, final, tmp)
+
+    try:
+        state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+        writer = FileSystemWriter(str(tmp))
+        writer.fs = faulty_filesystem(step, info.rank) or writer.fs  # tests only (train/faults.py)
+        dcp.save(state, storage_writer=writer)
+        part = tmp / f"train_state_rank{info.rank}.pt"
+        torch.save({**train_state, "world_size": info.world_size}, str(part) + ".part")
+        os.replace(str(part) + ".part", part)
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        err = e
+    _fail_together(err, "writing the shards", info, root, final, tmp)
+
+    # Hash the files between the ranks (rank 0 lists them: on shared storage a listing on
+    # another node may lag), then rank 0 writes the manifest last and renames.
+    names = _broadcast(list_files(tmp) if info.is_main else None)
+    entries: dict = {}
+    try:
+        entries = describe(tmp, names[info.rank::info.world_size])
+    except Exception as e:
+        err = e
+    files = {k: v for part in _gather(entries) for k, v in part.items()}
+    _fail_together(err, "hashing the files", info, root, final, tmp)
+
+    if info.is_main:
+        try:
+            write_manifest(tmp, files, step=step, world_size=info.world_size)
+            fault_point("kill_in_save", step, info.rank)  # tests only: the worst moment to die
+            if final.exists():  # the same step again (a resumed run passing a step it saved before)
+                if checkpoint_problem(final, checksums=True, local=True) is None:
+                    shutil.rmtree(final)
+                else:
+                    _set_aside(final)  # evidence of what went wrong is never deleted
+            os.replace(tmp, final)
+            _fsync_dir(root)
+        except Exception as e:
+            err = e
+    _fail_together(err, "committing the manifest", info, root, final, tmp)
+    if info.is_main:
+        prune(root, keep)
     _barrier()
     return final
+
+
+def prune(root: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` verified checkpoints. Only verified ones are counted or
+    deleted: a corrupt one is left for a person to look at, and the newest verified one (the
+    checkpoint just written) always stays."""
+    doomed = [p for _, p in verified_checkpoints(root)[:-max(keep, 1)]]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+class Checkpointer:
+    """The loop's saving policy around `save`.
+
+    - A step saved already (the checkpoint just resumed from; a periodic save right before a
+      preemption) is not written again: preemption time goes to work that is not done yet.
+    - `on_error="warn"` keeps training when a periodic save fails (logged on one line; the next
+      save tries again); a save that ends the run (preemption) always raises.
+    """
+
+    def __init__(self, root: Path, info: DistInfo, keep: int, on_error: str = "stop",
+                 log: Callable[[str], None] = print, saved_step: int | None = None):
+        self.root, self.info, self.keep, self.on_error, self.log = root, info, keep, on_error, log
+        self.saved_step = saved_step
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             train_state: dict[str, Any], last: bool = False) -> Path | None:
+        path = self.root / f"step_{step}"
+        if step == self.saved_step:
+            return path
+        try:
+            path = save(self.root, step, model, optimizer, train_state, self.info, self.keep)
+        except SaveError as e:
+            if self.on_error == "warn" and not last:
+                self.log(f"warning: {e} (checkpoint.on_error=warn: training goes on)")
+                return None
+            raise
+        self.saved_step = step
+        self.log(f"saved checkpoint {path}")
+        return path
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
@@ -144,16 +360,29 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, i
     DCP reshards on load, and the data-loader state counts examples consumed by all ranks, so a
     checkpoint also resumes on another number of ranks (keep the global batch: e.g. 8 GPUs x
     accumulation 4 -> 4 GPUs x accumulation 8). Only the per-rank RNG states then do not carry
-    over (training itself draws no random numbers; they matter for dropout-like additions)."""
+    over (training itself draws no random numbers; they matter for dropout-like additions).
+    A file that cannot be read (verification skipped, or corrupted since) is a ResumeError on
+    every rank, naming the file."""
     part = path / f"train_state_rank{info.rank}.pt"
-    same_world = part.is_file()
-    train_state = torch.load(part if same_world else path / "train_state_rank0.pt", weights_only=True)
+    if not part.is_file():
+        part = path / "train_state_rank0.pt"
+    train_state, problem = None, None
+    try:
+        train_state = torch.load(part, weights_only=True)
+    except Exception as e:
+        problem = f"{part}: cannot read ({_one_line(e)})"
+    problems = [p for p in _gather(problem) if p]
+    if problems:
+        raise ResumeError(f"resume: {problems[0]}")
     if train_state["world_size"] != info.world_size:
         train_state.pop("rng", None)
     # get_optimizer_state_dict initialises empty AdamW state (lr 0 dummy step) so DCP has
     # tensors of the right shapes to load into.
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=str(path))
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except (Exception, CheckpointException) as e:  # raised on every rank by DCP itself
+        raise ResumeError(f"resume: {path}: cannot load the shards ({_one_line(e)})") from None
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
     return train_state
@@ -178,11 +407,20 @@ def _gathered(model: torch.nn.Module, dtype: torch.dtype, info: DistInfo) -> Ite
 
 def export(model: torch.nn.Module, args: ModelArgs, out_dir: Path, tokenizer_path: str | None,
            dtype: torch.dtype, info: DistInfo) -> Path:
-    """The consolidated project checkpoint (safetensors + config.json + tokenizer.model)."""
+    """The consolidated project checkpoint (safetensors + config.json + tokenizer.model +
+    manifest.json, temp dir + rename). Rank 0 writes; if its write fails (full disk), it keeps
+    walking the tensors so the other ranks' gathers complete, then every rank raises SaveError."""
+    tensors = _gathered(model, dtype, info)
+    err: BaseException | None = None
     if info.is_main:
-        save_checkpoint(_gathered(model, dtype, info), args, out_dir, tokenizer_path=tokenizer_path)
-    else:
-        for _ in _gathered(model, dtype, info):
-            pass
-    _barrier()
+        try:
+            save_checkpoint(tensors, args, out_dir, tokenizer_path=tokenizer_path)
+        except Exception as e:
+            err = e
+    for _ in tensors:  # the rest of the collectives (all of them on ranks > 0)
+        pass
+    errors = [e for e in _gather(None if err is None else _one_line(err)) if e]
+    if errors:
+        raise SaveError(f"exporting {out_dir} failed ({errors[0]}); the resumable checkpoints are untouched; "
+                        "fix the storage, then rerun with resume=auto")
     return out_dir

@@ -24,7 +24,7 @@ Schema (YAML, every section optional; defaults below):
     optim: {lr, weight_decay, betas, eps, warmup_ratio, grad_clip, schedule, min_lr_ratio}
     batch: {micro_batch_size, grad_accum}   # global batch = micro * accum * data-parallel ranks
     parallel: {fsdp, shard_size, mixed_precision, activation_checkpointing, ac_every_n, compile, tf32}
-    checkpoint: {every, keep, export, export_dtype}
+    checkpoint: {every, keep, export, export_dtype, verify, on_error}
     log: {every, tensorboard}
     eval: {every, heldout, max_batches, samples, max_new_tokens, exact_match}
 """
@@ -97,6 +97,8 @@ class CheckpointConfig:
     keep: int = 2  # newest K kept
     export: bool = True  # consolidated project checkpoint in <output_dir>/final at the end
     export_dtype: str = "fp32"  # fp32 | bf16 | fp16
+    verify: str = "checksums"  # resume checks: checksums (SHA-256 of every byte) | sizes (stat only, huge ckpts)
+    on_error: str = "stop"  # a failed periodic save: stop (exit 1) | warn (log it, keep training)
 
 
 @dataclass
@@ -146,6 +148,8 @@ CHOICES = {
     "parallel.activation_checkpointing": ("none", "full", "every_n"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "checkpoint.export_dtype": ("fp32", "bf16", "fp16"),
+    "checkpoint.verify": ("checksums", "sizes"),
+    "checkpoint.on_error": ("stop", "warn"),
     "model.init_on": ("host", "device"),
 }
 

@@ -4,7 +4,8 @@
                optimizer + schedule, resume
     each step  grad_accum micro-batches -> loss summed over tokens / targets of the whole step
                (all micro-batches, all ranks) -> clip -> skip if non-finite -> AdamW -> log
-               -> held-out eval / checkpoint when due -> stop on SIGTERM
+               -> held-out eval / checkpoint when due -> stop on SIGTERM/SIGINT (also between
+               micro-batches: train/preempt.py)
     the end    export the consolidated checkpoint, optional exact-match evaluation
 
 Distributed details live in parallel.py, checkpoint files in checkpoint.py, logging in
@@ -18,7 +19,6 @@ import json
 import math
 import os
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -41,22 +41,13 @@ from train.faults import fault_point
 from train.heldout import heldout_loss, sample_responses
 from train.metrics import MetricsLogger, Throughput
 from train.optim import build_optimizer, build_scheduler
+from train.preempt import StopRequest
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps); reported as one line, exit 1."""
-
-
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; checked (and agreed on by all ranks) once per step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __call__(self, signum, frame) -> None:
-        self.requested = True
 
 
 def model_args(cfg: TrainConfig, tokenizer: Tokenizer) -> ModelArgs:
@@ -158,8 +149,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     torch.backends.cudnn.allow_tf32 = cfg.parallel.tf32
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    stop = _StopFlag()
-    signal.signal(signal.SIGTERM, stop)
+    stop = StopRequest().install()  # SIGTERM / SIGINT: save and leave (train/preempt.py)
 
     prepare_data(cfg, info)
     tokenizer_path = cfg.tokenizer or (str(Path(cfg.model.init_from) / "tokenizer.model")
@@ -168,7 +158,9 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         raise FileNotFoundError(f"tokenizer not found: {tokenizer_path} (set `tokenizer:` in the config)")
     tokenizer = Tokenizer(tokenizer_path)
     args = model_args(cfg, tokenizer)
-    resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root)  # before anything is written
+    # ---- resume selection (issue 10): the newest checkpoint that verifies; skipped ones named
+    resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root, checksums=cfg.checkpoint.verify == "checksums",
+                                      warn=lambda line: print(line, flush=True) if info.is_main else None)
     if info.is_main:
         save_config(cfg, out_dir / "config.yaml")
         ckpt.clean_partial(ckpt_root)
@@ -207,11 +199,14 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
                    f"{total_steps} steps" + (f", resumed from {resume_from} at step {step}" if resume_from else ""))
     throughput = Throughput(args, info.device, info.world_size)
 
-    def save_state() -> None:
+    # ---- saving (issue 10): failures end every rank with one line, or warn (checkpoint.on_error)
+    checkpointer = ckpt.Checkpointer(ckpt_root, info, cfg.checkpoint.keep, cfg.checkpoint.on_error,
+                                     log=logger.message, saved_step=step if resume_from is not None else None)
+
+    def save_state(last: bool = False, loader_state: dict | None = None, rng: dict | None = None) -> None:
         train_state = {"step": step, "nonfinite_in_a_row": nonfinite_in_a_row, "scheduler": scheduler.state_dict(),
-                       "loader": loader.state_dict(), "rng": ckpt.rng_state(info.device)}
-        path = ckpt.save(ckpt_root, step, model, optimizer, train_state, info, cfg.checkpoint.keep)
-        logger.message(f"saved checkpoint {path}")
+                       "loader": loader_state or loader.state_dict(), "rng": rng or ckpt.rng_state(info.device)}
+        checkpointer.save(step, model, optimizer, train_state, last=last)
 
     # ------------------------------------------------------------ the loop
     batches = iter(loader)
@@ -219,6 +214,8 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     dp_world = info.world_size
     while step < total_steps:
         t0 = time.perf_counter()
+        # ---- stop mid-step (issue 10): where the step began, in case it is abandoned
+        loader_at_step_start, rng_at_step_start = loader.state_dict(), ckpt.rng_state(info.device)
         micro_batches = [next(batches) for _ in range(accum)]
         # The step's loss is sum(token CE) / (targets in the whole step, all ranks): count first.
         local_targets = sum(b["num_targets"] for b in micro_batches)
@@ -240,6 +237,18 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
             (token_loss_sum * (dp_world / max(step_targets, 1.0))).backward()
             loss_sum += token_loss_sum.detach().double()
             del logits
+            # ---- stop mid-step (issue 10): a signal ends the step after the micro-batch in flight;
+            # the partial gradients are dropped and the state before this step is saved.
+            if i == 0:  # tests only (train/faults.py)
+                fault_point("term_mid", step + 1, info.rank)
+                fault_point("int_mid", step + 1, info.rank)
+            if i < accum - 1 and stop.agreed(info.device):
+                optimizer.zero_grad(set_to_none=True)
+                save_state(last=True, loader_state=loader_at_step_start, rng=rng_at_step_start)
+                logger.message(f"stopped by signal ({stop.name}) in step {step + 1}, after micro-batch {i + 1} "
+                               f"of {accum}; saved step {step}; resume with resume=auto")
+                logger.close()
+                return row
 
         # One collective agrees on the step's loss and on whether any rank was told to stop.
         total_loss, stop_votes = parallel.all_reduce_sum([float(loss_sum), float(stop.requested)], info.device)
@@ -278,6 +287,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
                                 f"(max_nonfinite={cfg.max_nonfinite}); lower optim.lr or check the data")
         fault_point("kill", step, info.rank)  # tests only (train/faults.py)
         fault_point("term", step, info.rank)
+        fault_point("int", step, info.rank)
 
         if heldout_loader is not None and (step % cfg.eval.every == 0 or step == total_steps):
             values = heldout_loss(model, heldout_loader, cfg.eval.max_batches, info.device)
@@ -286,9 +296,9 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
                                        cfg.eval.max_new_tokens, info.device)
             logger.log_eval(step, values, samples)
 
-        if stop_votes > 0:  # SIGTERM (preemption): save where we are and leave cleanly
-            save_state()
-            logger.message(f"stopped by signal at step {step}; resume with resume=auto")
+        if stop_votes > 0:  # SIGTERM/SIGINT (preemption): save where we are and leave cleanly
+            save_state(last=True)
+            logger.message(f"stopped by signal at step {step} ({stop.name}); resume with resume=auto")
             logger.close()
             return row
         if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:
