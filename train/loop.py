@@ -297,6 +297,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
             logger.log_eval(step, values, samples)
 
         if stop_votes > 0:  # SIGTERM/SIGINT (preemption): save where we are and leave cleanly
+            stop.agreed(info.device)  # every rank learns which signal, for the message
             save_state(last=True)
             logger.message(f"stopped by signal at step {step} ({stop.name}); resume with resume=auto")
             logger.close()

@@ -19,8 +19,7 @@ from __future__ import annotations
 import signal
 
 import torch
-
-from train import parallel
+import torch.distributed as dist
 
 
 class StopRequest:
@@ -48,10 +47,16 @@ class StopRequest:
 
     @property
     def name(self) -> str:
+        """The signal's name, as agreed by `agreed()` (a rank that was not signalled learns it there)."""
         return signal.Signals(self.signum).name if self.signum is not None else "none"
 
     def agreed(self, device: torch.device) -> bool:
         """True on every rank when any rank was signalled (one tiny all-reduce: call it at the
-        same point on every rank)."""
-        (votes,) = parallel.all_reduce_sum([float(self.requested)], device)
-        return votes > 0
+        same point on every rank); afterwards every rank knows the signal's name."""
+        t = torch.tensor([self.signum or 0], dtype=torch.int64, device=device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        signum = int(t.item())
+        if signum and self.signum is None:
+            self.signum = signum
+        return signum != 0
