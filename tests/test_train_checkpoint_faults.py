@@ -134,6 +134,26 @@ def test_a_failed_periodic_save_can_warn_and_train_on(setup, straight):
     assert_bitwise_equal_runs(out, straight)  # the failed save changed nothing that was computed
 
 
+def test_an_export_the_filesystem_refuses_is_one_line_and_leaves_no_partial_final(setup, straight):
+    """A real write failure, no root needed: RLIMIT_FSIZE (inherited by the child) makes the kernel
+    refuse any file over 600 KB with EFBIG; the fp32 weights (~880 KB) are the first such file."""
+    import resource
+
+    tmp, cfg = setup
+    out = tmp / "export_refused"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, hard))
+    try:
+        proc = run_train(cfg, out, overrides=["checkpoint.every=0", "max_steps=2"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: exporting {out / 'final'} failed"), lines
+    assert "File too large" in lines[0] and "no resumable checkpoint" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.jsonl"]  # no final/, no temp dir
+
+
 # ---------------------------------------------------------------- full disk on one of two ranks
 TWO_PROC = ["batch.micro_batch_size=2", "checkpoint.every=2", "checkpoint.keep=3"]
 

@@ -421,6 +421,8 @@ def export(model: torch.nn.Module, args: ModelArgs, out_dir: Path, tokenizer_pat
         pass
     errors = [e for e in _gather(None if err is None else _one_line(err)) if e]
     if errors:
-        raise SaveError(f"exporting {out_dir} failed ({errors[0]}); the resumable checkpoints are untouched; "
+        good = verified_checkpoints(out_dir.parent / "checkpoints")
+        newest = f"newest good checkpoint {good[-1][1]}" if good else "no resumable checkpoint (checkpoint.every=0?)"
+        raise SaveError(f"exporting {out_dir} failed ({errors[0]}); no partial {out_dir.name} left; {newest}; "
                         "fix the storage, then rerun with resume=auto")
     return out_dir
