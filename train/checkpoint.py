@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,23 +51,24 @@ from torch.distributed.tensor import DTensor
 from model.args import ModelArgs
 from model.checkpoint import save_checkpoint
 from model.manifest import (
-    ManifestError,
-    check_checksums,
-    check_sizes,
     describe,
     list_files,
-    read_manifest,
     write_manifest,
 )
 from train.faults import fault_point, faulty_filesystem
 from train.parallel import DistInfo, clean_name
-
-STEP_RE = re.compile(r"^step_(\d+)$")
-VERIFY = ("checksums", "sizes")  # checkpoint.verify: how hard resume looks before trusting a checkpoint
-
-
-class ResumeError(ValueError):
-    """The requested checkpoint cannot be resumed (missing, corrupt, other world size); exit 2."""
+from train.verify import (  # noqa: F401  (resolve_resume, clean_partial, ResumeError: the loop's API)
+    ResumeError,
+    checkpoint_problem,
+    clean_partial,
+    complete_checkpoints,
+    current_world_size,
+    gather_from_all_ranks,
+    prune,
+    resolve_resume,
+    size_problem,
+    verified_checkpoints,
+)
 
 
 class SaveError(RuntimeError):
@@ -80,21 +80,8 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def _gather(obj: Any) -> list[Any]:
-    """Every rank's `obj`, on every rank (a barrier that also carries each rank's error)."""
-    if _world() == 1:
-        return [obj]
-    out: list[Any] = [None] * _world()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def _broadcast(obj: Any) -> Any:
-    if _world() == 1:
+    if current_world_size() == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -108,89 +95,6 @@ def _one_line(e: BaseException) -> str:
         rank, (inner, _) = sorted(e.failures.items())[0]
         return f"rank {rank}: {_one_line(inner)}"
     return " ".join(f"{type(e).__name__}: {e}".split()) if not isinstance(e, OSError) else " ".join(str(e).split())
-
-
-# ---------------------------------------------------------------- discovery and verification
-def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, dir) of every `step_N` directory (verified or not), oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir()]
-    return sorted(found)
-
-
-def size_problem(path: Path) -> str | None:
-    """Why `path` is not a complete checkpoint judged by its manifest and file sizes (a stat per
-    file), or None."""
-    try:
-        check_sizes(path, read_manifest(path)["files"])
-    except ManifestError as e:
-        return str(e)
-    return None
-
-
-def verified_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """The `step_N` directories whose manifest and file sizes check out, oldest first."""
-    return [(n, p) for n, p in complete_checkpoints(root) if size_problem(p) is None]
-
-
-def checkpoint_problem(path: Path, checksums: bool, local: bool = False) -> str | None:
-    """Why `path` cannot be trusted, or None. Collective unless `local`: every rank calls it, the
-    SHA-256 work is split across ranks (rank r hashes every world-th file) and all ranks return
-    the same answer."""
-    problem = size_problem(path)
-    share = (0, 1) if local else (dist.get_rank() if dist.is_initialized() else 0, _world())
-    if problem is None and checksums:
-        try:
-            files = read_manifest(path)["files"]
-            check_checksums(path, files, sorted(files)[share[0]::share[1]])
-        except ManifestError as e:
-            problem = str(e)
-    if local:
-        return problem
-    problems = sorted({p for p in _gather(problem) if p})
-    return problems[0] if problems else None
-
-
-def resolve_resume(resume: str, root: Path, checksums: bool = True,
-                   warn: Callable[[str], None] = print) -> Path | None:
-    """none -> None; auto -> the newest checkpoint that verifies (None on a fresh run); else PATH,
-    which must verify. Collective (verification is shared by the ranks); `warn` gets one line per
-    skipped checkpoint. Corrupt checkpoints are reported, never deleted."""
-    if resume == "none":
-        found = complete_checkpoints(root)
-        if found:  # a fresh run would mix its checkpoints with (and prune) the earlier run's
-            raise ResumeError(f"{root} already holds checkpoints of an earlier run (newest {found[-1][1].name}): "
-                              "pass resume=auto to continue it, or use another output_dir")
-        return None
-    if resume == "auto":
-        found = complete_checkpoints(root)
-        skipped = []
-        for _, path in reversed(found):
-            problem = checkpoint_problem(path, checksums)
-            if problem is None:
-                return path
-            warn(f"resume: skipping {path.name}: {problem}")
-            skipped.append(path.name)
-        if skipped:  # every checkpoint is bad: starting over silently would hide a week's loss
-            raise ResumeError(f"resume=auto: no checkpoint in {root} verifies ({', '.join(skipped)}); "
-                              "move them away (or pick one with resume=PATH checkpoint.verify=sizes)")
-        return None
-    path = Path(resume)
-    if not path.is_dir():
-        raise ResumeError(f"resume: no complete checkpoint at {path} (expected a checkpoints/step_N dir)")
-    problem = checkpoint_problem(path, checksums)
-    if problem is not None:
-        raise ResumeError(f"resume: {problem}")
-    return path
-
-
-def clean_partial(root: Path) -> None:
-    """Remove leftovers of a save that was interrupted (rank 0, at start-up)."""
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith(".tmp_step_"):
-                shutil.rmtree(p, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- RNG
@@ -221,7 +125,7 @@ def _fail_together(local: BaseException | None, what: str, info: DistInfo, root:
     removes the partial directory; earlier checkpoints are never touched)."""
     mine = None if local is None else (_one_line(local) if isinstance(local, CheckpointException)
                                        else f"rank {info.rank}: {_one_line(local)}")
-    errors = [e for e in _gather(mine) if e]
+    errors = [e for e in gather_from_all_ranks(mine) if e]
     if not errors:
         return
     if info.is_main:
@@ -290,7 +194,7 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
         entries = describe(tmp, names[info.rank::info.world_size])
     except Exception as e:
         err = e
-    files = {k: v for part in _gather(entries) for k, v in part.items()}
+    files = {k: v for part in gather_from_all_ranks(entries) for k, v in part.items()}
     _fail_together(err, "hashing the files", info, root, final, tmp)
 
     if info.is_main:
@@ -311,16 +215,6 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
         prune(root, keep)
     _barrier()
     return final
-
-
-def prune(root: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` verified checkpoints. Only verified ones are counted or
-    deleted: a corrupt one is left for a person to look at, and the newest verified one (the
-    checkpoint just written) always stays."""
-    doomed = [p for _, p in verified_checkpoints(root)[:-max(keep, 1)]]
-    for p in doomed:
-        shutil.rmtree(p, ignore_errors=True)
-    return doomed
 
 
 class Checkpointer:
@@ -371,7 +265,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, i
         train_state = torch.load(part, weights_only=True)
     except Exception as e:
         problem = f"{part}: cannot read ({_one_line(e)})"
-    problems = [p for p in _gather(problem) if p]
+    problems = [p for p in gather_from_all_ranks(problem) if p]
     if problems:
         raise ResumeError(f"resume: {problems[0]}")
     if train_state["world_size"] != info.world_size:
@@ -419,7 +313,7 @@ def export(model: torch.nn.Module, args: ModelArgs, out_dir: Path, tokenizer_pat
             err = e
     for _ in tensors:  # the rest of the collectives (all of them on ranks > 0)
         pass
-    errors = [e for e in _gather(None if err is None else _one_line(err)) if e]
+    errors = [e for e in gather_from_all_ranks(None if err is None else _one_line(err)) if e]
     if errors:
         good = verified_checkpoints(out_dir.parent / "checkpoints")
         newest = f"newest good checkpoint {good[-1][1]}" if good else "no resumable checkpoint (checkpoint.every=0?)"
