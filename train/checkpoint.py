@@ -150,12 +150,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _set_aside(path: Path) -> Path:
-    """Move a checkpoint that failed verification out of the `step_N` namespace, keeping it."""
-    target = path.with_name(path.name + ".corrupt")
+def _set_aside(path: Path, suffix: str) -> Path:
+    """Rename a checkpoint out of the `step_N` namespace (`step_N.corrupt`, `.corrupt1`, ...)."""
+    target = path.with_name(path.name + suffix)
     i = 1
     while target.exists():
-        target, i = path.with_name(f"{path.name}.corrupt{i}"), i + 1
+        target, i = path.with_name(f"{path.name}{suffix}{i}"), i + 1
     os.replace(path, target)
     return target
 
@@ -201,13 +201,16 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
         try:
             write_manifest(tmp, files, step=step, world_size=info.world_size)
             fault_point("kill_in_save", step, info.rank)  # tests only: the worst moment to die
+            replaced = None
             if final.exists():  # the same step again (a resumed run passing a step it saved before)
-                if checkpoint_problem(final, checksums=True, local=True) is None:
-                    shutil.rmtree(final)
-                else:
-                    _set_aside(final)  # evidence of what went wrong is never deleted
+                # Renamed away first, deleted only after the new one is in place and only if it
+                # verifies: evidence of what went wrong is never deleted.
+                good = checkpoint_problem(final, checksums=True, local=True) is None
+                replaced = _set_aside(final, ".replaced" if good else ".corrupt"), good
             os.replace(tmp, final)
             _fsync_dir(root)
+            if replaced and replaced[1]:
+                shutil.rmtree(replaced[0], ignore_errors=True)
         except Exception as e:
             err = e
     _fail_together(err, "committing the manifest", info, root, final, tmp)
