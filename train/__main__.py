@@ -14,6 +14,13 @@ import sys
 from train.config import ConfigError, load_config
 
 
+def _say(line: str) -> None:
+    """One write per line: under torchrun the ranks share stderr, and print's separate writes of
+    text and newline let two ranks' lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file (configs/*.yaml)")
@@ -36,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(cfg)
     except (ConfigError, DataError, CheckpointError, ResumeError, FileNotFoundError) as e:
-        print(f"{where}error: {e}", file=sys.stderr)
+        _say(f"{where}error: {e}")
         return 2
     except (TrainingError, SaveError) as e:  # the run, or its storage, failed: not the user's input
-        print(f"{where}error: {e}", file=sys.stderr)
+        _say(f"{where}error: {e}")
         return 1
     return 0
 
