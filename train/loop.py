@@ -15,6 +15,7 @@ metrics.py; nothing here is hidden behind callbacks.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -138,6 +139,10 @@ def train(cfg: TrainConfig) -> dict:
     try:
         return _train(cfg, info)
     finally:
+        # ---- clean exit (issue 10): FSDP modules live in reference cycles that keep the mesh's
+        # process groups alive; collect them now, not during interpreter shutdown, where a gloo
+        # work object released late aborted a worker (SIGABRT) after a stop inside a step.
+        gc.collect()
         dist.destroy_process_group()
 
 
