@@ -6,6 +6,11 @@ Saving streams (name, tensor) pairs into shards, so an exporter that gathers one
 never holds the whole model; the directory is written under a temporary name and renamed, so a
 crash never leaves a half checkpoint. Loading builds the model on the meta device and fills it
 tensor by tensor, so a 7B load never holds two copies in memory.
+
+`manifest.json` (model/manifest.py), written last inside the temporary directory, records the
+size and SHA-256 of every file; readers check it before trusting the weights, so a truncated or
+altered file is named in one line instead of failing inside safetensors (or loading silently
+wrong numbers). Directories without one (HF downloads, older exports) are read as before.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from safetensors.torch import save_file
 
 from model.args import ModelArgs
 from model.llama import Transformer
+from model.manifest import MANIFEST_NAME, ManifestError, verify, write_manifest
 
 CONFIG_NAME = "config.json"
 TOKENIZER_NAME = "tokenizer.model"
@@ -118,6 +124,7 @@ def save_checkpoint(
         _write_json(tmp / CONFIG_NAME, args.to_dict())
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_NAME)
+        write_manifest(tmp)  # last: its presence says every other file is complete
         commit_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -143,6 +150,16 @@ def _open(fname: str):
         raise CheckpointError(f"{fname}: cannot read safetensors ({e})") from None
 
 
+def verify_dir(ckpt_dir: str | os.PathLike, checksums: bool = True) -> None:
+    """Check `ckpt_dir` against its manifest when it has one (sizes; SHA-256 unless `checksums`
+    is False, which skips reading every byte twice for a huge checkpoint)."""
+    if (Path(ckpt_dir) / MANIFEST_NAME).is_file():
+        try:
+            verify(Path(ckpt_dir), checksums=checksums)
+        except ManifestError as e:
+            raise CheckpointError(str(e)) from None
+
+
 def weight_files(ckpt_dir: str | os.PathLike) -> dict[str, list[str]]:
     """file path -> tensor names it should hold (from the index when sharded)."""
     d = Path(ckpt_dir)
@@ -161,8 +178,10 @@ def weight_files(ckpt_dir: str | os.PathLike) -> dict[str, list[str]]:
     raise CheckpointError(f"{d}: no {SINGLE_NAME} or {INDEX_NAME}")
 
 
-def iter_tensors(ckpt_dir: str | os.PathLike) -> Iterator[tuple[str, str, torch.Tensor]]:
-    """Yield (file, name, tensor) one tensor at a time (safetensors memory-maps the files)."""
+def iter_tensors(ckpt_dir: str | os.PathLike, checksums: bool = True) -> Iterator[tuple[str, str, torch.Tensor]]:
+    """Yield (file, name, tensor) one tensor at a time (safetensors memory-maps the files),
+    after checking the directory against its manifest."""
+    verify_dir(ckpt_dir, checksums)
     for fname, names in weight_files(ckpt_dir).items():
         with _open(fname) as f:
             present = set(f.keys())
@@ -172,19 +191,20 @@ def iter_tensors(ckpt_dir: str | os.PathLike) -> Iterator[tuple[str, str, torch.
                 yield fname, name, f.get_tensor(name)
 
 
-def load_state_dict(ckpt_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    return {name: t for _, name, t in iter_tensors(ckpt_dir)}
+def load_state_dict(ckpt_dir: str | os.PathLike, checksums: bool = True) -> dict[str, torch.Tensor]:
+    return {name: t for _, name, t in iter_tensors(ckpt_dir, checksums)}
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> Transformer:
+               dtype: torch.dtype = torch.float32, checksums: bool = True) -> Transformer:
     """Build on the meta device (no memory), then assign each tensor as it is read."""
+    verify_dir(path, checksums)  # before config.json is trusted too
     args = load_args(path)
     with torch.device("meta"):
         model = Transformer(args)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     seen: set[str] = set()
-    for fname, name, t in iter_tensors(path):
+    for fname, name, t in iter_tensors(path, checksums=False):  # verified just above
         if name not in expected:
             raise CheckpointError(f"{fname}: unexpected tensor '{name}' for this config")
         if tuple(t.shape) != tuple(expected[name]):

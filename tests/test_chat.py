@@ -136,6 +136,7 @@ def test_response_stops_at_eos(chat_setup, tmp_path):
     weights = load_file(swapped / "model.safetensors")
     weights["output.weight"][[EOS, free[2]]] = weights["output.weight"][[free[2], EOS]]
     save_file(weights, swapped / "model.safetensors", metadata={"format": "pt"})
+    (swapped / "manifest.json").unlink(missing_ok=True)  # edited on purpose: the manifest would refuse it
     proc = _chat(swapped, "--instruction", instruction, "--temperature", "0", "--max-new-tokens", "6")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == sp.decode(free[:2]) + "\n"

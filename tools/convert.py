@@ -37,6 +37,7 @@ from model.checkpoint import (
     write_shards,
 )
 from model.llama import Transformer
+from model.manifest import write_manifest
 from model.tokenizer import Tokenizer, TokenizerError, vocab_mismatch
 from tools.convert_hf import (
     HF_IGNORED_RE,
@@ -313,6 +314,7 @@ def convert_to_hf(src: Path, dst: Path, dtype: torch.dtype | None, max_shard_byt
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         if tokenizer is not None:  # tokenizer.model, tokenizer_config.json, Llama 3's tokenizer.json
             write_hf_tokenizer(tokenizer, tmp, args.max_seq_len)
+        write_manifest(tmp)  # last, as save_checkpoint does: sizes + SHA-256 of every file
         commit_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

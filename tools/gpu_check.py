@@ -158,7 +158,7 @@ def bench_train(name: str, fields: dict, layout: str, compiled: bool, ac: str, s
     for i in range(sh.warmup + sh.steps):
         mb = [prepare_batch(next(batches), device, cfg.parallel.attention)]
         t0 = time.perf_counter()
-        r = train_step(model, optimizer, scheduler, mb, cfg.parallel, 1.0, False, device)
+        r = train_step(model, optimizer, scheduler, mb, cfg.parallel, 1.0, None, device)
         dt = time.perf_counter() - t0  # train_step ends with its one host sync
         if i >= sh.warmup:
             tokens, pairs, elapsed = tokens + r.tokens, pairs + r.attention_pairs, elapsed + dt

@@ -97,7 +97,7 @@ def measure(cfg, args, steps: int = 3) -> dict:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps)
     for mbs in batches:
-        train_step(model, optimizer, scheduler, mbs, cfg.parallel, cfg.optim.grad_clip, False, info.device)
+        train_step(model, optimizer, scheduler, mbs, cfg.parallel, cfg.optim.grad_clip, None, info.device)
     if info.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(info.device) - base
         kind = "cuda max_memory_allocated"

@@ -1,7 +1,8 @@
 """`python -m train --config FILE [dotted.key=value ...]`, alone or under torchrun.
 
 Mistakes a user can make (a wrong key or type, a missing file or checkpoint, bad data) end as
-one line on stderr with exit status 2; a run that diverges ends as one line with exit status 1.
+one line on stderr with exit status 2; a run that diverges, or whose checkpoint cannot be written
+(full disk, quota, permissions), ends as one line with exit status 1.
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ import os
 import sys
 
 from train.config import ConfigError, load_config
+
+
+def _say(line: str) -> None:
+    """One write per line: under torchrun the ranks share stderr, and print's separate writes of
+    text and newline let two ranks' lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after the config is valid: a typo should not wait for torch to load.
     from data.alpaca import DataError
     from model.checkpoint import CheckpointError
-    from train.checkpoint import ResumeError
+    from train.checkpoint import ResumeError, SaveError
     from train.loop import TrainingError, train
 
     try:
         train(cfg)
     except (ConfigError, DataError, CheckpointError, ResumeError, FileNotFoundError) as e:
-        print(f"{where}error: {e}", file=sys.stderr)
+        _say(f"{where}error: {e}")
         return 2
-    except TrainingError as e:
-        print(f"{where}error: {e}", file=sys.stderr)
+    except (TrainingError, SaveError) as e:  # the run, or its storage, failed: not the user's input
+        _say(f"{where}error: {e}")
         return 1
     return 0
 

@@ -2,15 +2,23 @@
 
 Layout under `<output_dir>/checkpoints/`:
 
-    step_200/            a complete checkpoint: DCP shards + .metadata (model, optimizer),
-                         train_state_rank{r}.pt per rank (step, scheduler, data-loader, RNG states)
+    step_200/            DCP shards + .metadata (model, optimizer), train_state_rank{r}.pt per
+                         rank (step, scheduler, data-loader, RNG states), and manifest.json
     .tmp_step_300/       a checkpoint being written; never read by resume, removed at start-up
+    step_100.corrupt/    a step_100 that failed verification and was superseded (kept, never deleted)
 
-Why temp + rename: `dcp.save` writes many files from many ranks; if the job dies half way the
-directory is incomplete. Every rank writes into `.tmp_step_N`, all ranks meet at a barrier, and
-only then rank 0 renames it to `step_N` (an atomic rename on POSIX filesystems, shared ones
-included). So a `step_N` directory is complete by construction and `resume=auto` simply takes
-the highest N.
+Why temp + manifest + rename: `dcp.save` writes many files from many ranks; if the job dies half
+way the directory is incomplete. Every rank writes into `.tmp_step_N`; the ranks then hash the
+files between them and rank 0 writes `manifest.json` (size + SHA-256 of every file, model/manifest.py)
+last and renames the directory to `step_N` (atomic on POSIX filesystems, shared ones included).
+The rename alone is not enough on shared storage: a quota or a copy can truncate a file *after*
+the fact, so a checkpoint counts only when it verifies against its manifest. `resume=auto` takes
+the newest one that does and names every one it skipped; keep-K counts only verified ones.
+
+Why every save step ends in an all-gather of errors: a full disk or a read-only directory fails on
+one rank only (the one whose file hit the quota); a rank that raised alone would leave the others
+waiting in the next collective until the process-group timeout. Agreeing first means every rank
+stops with the same one-line message and rank 0 removes the partial directory.
 
 Why the per-rank file: RNG states and the sampler position are per-rank facts, not tensors to
 shard; `torch.save` of plain types is read back with `weights_only=True` (nothing executable).
@@ -20,9 +28,8 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -41,14 +50,29 @@ from torch.distributed.tensor import DTensor
 
 from model.args import ModelArgs
 from model.checkpoint import save_checkpoint
-from train.faults import fault_point
+from model.manifest import (
+    describe,
+    list_files,
+    write_manifest,
+)
+from train.faults import fault_point, faulty_filesystem
 from train.parallel import DistInfo, clean_name
+from train.verify import (  # noqa: F401  (resolve_resume, clean_partial, ResumeError: the loop's API)
+    ResumeError,
+    checkpoint_problem,
+    clean_partial,
+    complete_checkpoints,
+    current_world_size,
+    gather_from_all_ranks,
+    prune,
+    resolve_resume,
+    size_problem,
+    verified_checkpoints,
+)
 
-STEP_RE = re.compile(r"^step_(\d+)$")
 
-
-class ResumeError(ValueError):
-    """The requested checkpoint cannot be resumed (missing, incomplete, other world size)."""
+class SaveError(RuntimeError):
+    """A checkpoint could not be written (full disk, quota, permissions); one line, exit 1."""
 
 
 def _barrier() -> None:
@@ -56,38 +80,21 @@ def _barrier() -> None:
         dist.barrier()
 
 
-# ---------------------------------------------------------------- discovery
-def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, dir) of every complete checkpoint, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir()]
-    return sorted(found)
+def _broadcast(obj: Any) -> Any:
+    if current_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
-def resolve_resume(resume: str, root: Path) -> Path | None:
-    """none -> None; auto -> newest complete checkpoint (or None on a fresh run); else a path."""
-    if resume == "none":
-        found = complete_checkpoints(root)
-        if found:  # a fresh run would mix its checkpoints with (and prune) the earlier run's
-            raise ResumeError(f"{root} already holds checkpoints of an earlier run (newest {found[-1][1].name}): "
-                              "pass resume=auto to continue it, or use another output_dir")
-        return None
-    if resume == "auto":
-        found = complete_checkpoints(root)
-        return found[-1][1] if found else None
-    path = Path(resume)
-    if not (path / ".metadata").is_file():
-        raise ResumeError(f"resume: no complete checkpoint at {path} (expected a checkpoints/step_N dir)")
-    return path
-
-
-def clean_partial(root: Path) -> None:
-    """Remove leftovers of a save that was interrupted (rank 0, at start-up)."""
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith(".tmp_step_"):
-                shutil.rmtree(p, ignore_errors=True)
+def _one_line(e: BaseException) -> str:
+    """OSError says what and where ("[Errno 28] No space left on device: '...'"); DCP wraps the
+    failing ranks' exceptions in a CheckpointException whose str is a multi-line traceback."""
+    if isinstance(e, CheckpointException) and e.failures:
+        rank, (inner, _) = sorted(e.failures.items())[0]
+        return f"rank {rank}: {_one_line(inner)}"
+    return " ".join(f"{type(e).__name__}: {e}".split()) if not isinstance(e, OSError) else " ".join(str(e).split())
 
 
 # ---------------------------------------------------------------- RNG
@@ -113,29 +120,135 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------- save / load
-def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         train_state: dict[str, Any], info: DistInfo, keep: int) -> Path:
-    """Write `step_N` atomically (every rank calls this), then drop all but the newest `keep`."""
-    final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
+def _fail_together(local: BaseException | None, what: str, info: DistInfo, root: Path, final: Path, tmp: Path) -> None:
+    """Collective: if any rank failed `what`, every rank raises the same SaveError (rank 0 first
+    removes the partial directory; earlier checkpoints are never touched)."""
+    mine = None if local is None else (_one_line(local) if isinstance(local, CheckpointException)
+                                       else f"rank {info.rank}: {_one_line(local)}")
+    errors = [e for e in gather_from_all_ranks(mine) if e]
+    if not errors:
+        return
     if info.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-    dcp.save(state, checkpoint_id=str(tmp))
-    part = tmp / f"train_state_rank{info.rank}.pt"
-    torch.save({**train_state, "world_size": info.world_size}, str(part) + ".part")
-    os.replace(str(part) + ".part", part)
-    _barrier()
+    good = verified_checkpoints(root)
+    newest = f"newest good checkpoint {good[-1][1]}" if good else "no good checkpoint yet"
+    raise SaveError(f"saving checkpoint {final.name} failed while {what} ({errors[0]}); removed the partial "
+                    f"{tmp.name}; {newest}; fix the storage, then rerun with resume=auto")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (the directory entry itself), where the OS allows opening a dir."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _set_aside(path: Path, suffix: str) -> Path:
+    """Rename a checkpoint out of the `step_N` namespace (`step_N.corrupt`, `.corrupt1`, ...)."""
+    target = path.with_name(path.name + suffix)
+    i = 1
+    while target.exists():
+        target, i = path.with_name(f"{path.name}{suffix}{i}"), i + 1
+    os.replace(path, target)
+    return target
+
+
+def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         train_state: dict[str, Any], info: DistInfo, keep: int) -> Path:
+    """Write `step_N` atomically (every rank calls this), then drop all but the newest `keep`
+    verified checkpoints. Raises SaveError on every rank if any rank failed."""
+    final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
+    err: BaseException | None = None
     if info.is_main:
-        fault_point("kill_in_save", step, info.rank)  # tests only: the worst moment to die
-        if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for _, old in complete_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        except Exception as e:
+            err = e
+    _fail_together(err, "creating the directory", info, root, final, tmp)
+
+    try:
+        state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+        writer = FileSystemWriter(str(tmp))
+        writer.fs = faulty_filesystem(step, info.rank) or writer.fs  # tests only (train/faults.py)
+        dcp.save(state, storage_writer=writer)
+        part = tmp / f"train_state_rank{info.rank}.pt"
+        torch.save({**train_state, "world_size": info.world_size}, str(part) + ".part")
+        os.replace(str(part) + ".part", part)
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        err = e
+    _fail_together(err, "writing the shards", info, root, final, tmp)
+
+    # Hash the files between the ranks (rank 0 lists them: on shared storage a listing on
+    # another node may lag), then rank 0 writes the manifest last and renames.
+    names = _broadcast(list_files(tmp) if info.is_main else None)
+    entries: dict = {}
+    try:
+        entries = describe(tmp, names[info.rank::info.world_size])
+    except Exception as e:
+        err = e
+    files = {k: v for part in gather_from_all_ranks(entries) for k, v in part.items()}
+    _fail_together(err, "hashing the files", info, root, final, tmp)
+
+    if info.is_main:
+        try:
+            write_manifest(tmp, files, step=step, world_size=info.world_size)
+            fault_point("kill_in_save", step, info.rank)  # tests only: the worst moment to die
+            replaced = None
+            if final.exists():  # the same step again (a resumed run passing a step it saved before)
+                # Renamed away first, deleted only after the new one is in place and only if it
+                # verifies: evidence of what went wrong is never deleted.
+                good = checkpoint_problem(final, checksums=True, local=True) is None
+                replaced = _set_aside(final, ".replaced" if good else ".corrupt"), good
+            os.replace(tmp, final)
+            _fsync_dir(root)
+            if replaced and replaced[1]:
+                shutil.rmtree(replaced[0], ignore_errors=True)
+        except Exception as e:
+            err = e
+    _fail_together(err, "committing the manifest", info, root, final, tmp)
+    if info.is_main:
+        prune(root, keep)
     _barrier()
     return final
+
+
+class Checkpointer:
+    """The loop's saving policy around `save`.
+
+    - A step saved already (the checkpoint just resumed from; a periodic save right before a
+      preemption) is not written again: preemption time goes to work that is not done yet.
+    - `on_error="warn"` keeps training when a periodic save fails (logged on one line; the next
+      save tries again); a save that ends the run (preemption) always raises.
+    """
+
+    def __init__(self, root: Path, info: DistInfo, keep: int, on_error: str = "stop",
+                 log: Callable[[str], None] = print, saved_step: int | None = None):
+        self.root, self.info, self.keep, self.on_error, self.log = root, info, keep, on_error, log
+        self.saved_step = saved_step
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             train_state: dict[str, Any], last: bool = False) -> Path | None:
+        path = self.root / f"step_{step}"
+        if step == self.saved_step:
+            return path
+        try:
+            path = save(self.root, step, model, optimizer, train_state, self.info, self.keep)
+        except SaveError as e:
+            if self.on_error == "warn" and not last:
+                self.log(f"warning: {e} (checkpoint.on_error=warn: training goes on)")
+                return None
+            raise
+        self.saved_step = step
+        self.log(f"saved checkpoint {path}")
+        return path
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
@@ -144,16 +257,29 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, i
     DCP reshards on load, and the data-loader state counts examples consumed by all ranks, so a
     checkpoint also resumes on another number of ranks (keep the global batch: e.g. 8 GPUs x
     accumulation 4 -> 4 GPUs x accumulation 8). Only the per-rank RNG states then do not carry
-    over (training itself draws no random numbers; they matter for dropout-like additions)."""
+    over (training itself draws no random numbers; they matter for dropout-like additions).
+    A file that cannot be read (verification skipped, or corrupted since) is a ResumeError on
+    every rank, naming the file."""
     part = path / f"train_state_rank{info.rank}.pt"
-    same_world = part.is_file()
-    train_state = torch.load(part if same_world else path / "train_state_rank0.pt", weights_only=True)
+    if not part.is_file():
+        part = path / "train_state_rank0.pt"
+    train_state, problem = None, None
+    try:
+        train_state = torch.load(part, weights_only=True)
+    except Exception as e:
+        problem = f"{part}: cannot read ({_one_line(e)})"
+    problems = [p for p in gather_from_all_ranks(problem) if p]
+    if problems:
+        raise ResumeError(f"resume: {problems[0]}")
     if train_state["world_size"] != info.world_size:
         train_state.pop("rng", None)
     # get_optimizer_state_dict initialises empty AdamW state (lr 0 dummy step) so DCP has
     # tensors of the right shapes to load into.
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=str(path))
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except (Exception, CheckpointException) as e:  # raised on every rank by DCP itself
+        raise ResumeError(f"resume: {path}: cannot load the shards ({_one_line(e)})") from None
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
     return train_state
@@ -178,11 +304,22 @@ def _gathered(model: torch.nn.Module, dtype: torch.dtype, info: DistInfo) -> Ite
 
 def export(model: torch.nn.Module, args: ModelArgs, out_dir: Path, tokenizer_path: str | None,
            dtype: torch.dtype, info: DistInfo) -> Path:
-    """The consolidated project checkpoint (safetensors + config.json + tokenizer.model)."""
+    """The consolidated project checkpoint (safetensors + config.json + tokenizer.model +
+    manifest.json, temp dir + rename). Rank 0 writes; if its write fails (full disk), it keeps
+    walking the tensors so the other ranks' gathers complete, then every rank raises SaveError."""
+    tensors = _gathered(model, dtype, info)
+    err: BaseException | None = None
     if info.is_main:
-        save_checkpoint(_gathered(model, dtype, info), args, out_dir, tokenizer_path=tokenizer_path)
-    else:
-        for _ in _gathered(model, dtype, info):
-            pass
-    _barrier()
+        try:
+            save_checkpoint(tensors, args, out_dir, tokenizer_path=tokenizer_path)
+        except Exception as e:
+            err = e
+    for _ in tensors:  # the rest of the collectives (all of them on ranks > 0)
+        pass
+    errors = [e for e in gather_from_all_ranks(None if err is None else _one_line(err)) if e]
+    if errors:
+        good = verified_checkpoints(out_dir.parent / "checkpoints")
+        newest = f"newest good checkpoint {good[-1][1]}" if good else "no resumable checkpoint (checkpoint.every=0?)"
+        raise SaveError(f"exporting {out_dir} failed ({errors[0]}); no partial {out_dir.name} left; {newest}; "
+                        "fix the storage, then rerun with resume=auto")
     return out_dir

@@ -25,7 +25,7 @@ Schema (YAML, every section optional; defaults below):
     batch: {micro_batch_size, grad_accum}   # global batch = micro * accum * data-parallel ranks
     parallel: {fsdp, shard_size, mixed_precision, activation_checkpointing, ac_every_n, compile, attention,
                tf32, memory_check, memory_gb}
-    checkpoint: {every, keep, export, export_dtype}
+    checkpoint: {every, keep, export, export_dtype, verify, on_error}
     log: {every, tensorboard}
     eval: {every, heldout, max_batches, samples, max_new_tokens, exact_match}
 """
@@ -107,6 +107,8 @@ class CheckpointConfig:
     keep: int = 2  # newest K kept
     export: bool = True  # consolidated project checkpoint in <output_dir>/final at the end
     export_dtype: str = "fp32"  # fp32 | bf16 | fp16
+    verify: str = "checksums"  # resume checks: checksums (SHA-256 of every byte) | sizes (stat only, huge ckpts)
+    on_error: str = "stop"  # a failed periodic save: stop (exit 1) | warn (log it, keep training)
 
 
 @dataclass
@@ -159,6 +161,8 @@ CHOICES = {
     "checkpoint.export_dtype": ("fp32", "bf16", "fp16"),
     "model.init_on": ("auto", "host", "device"),
     "parallel.memory_check": ("error", "warn", "off"),
+    "checkpoint.verify": ("checksums", "sizes"),
+    "checkpoint.on_error": ("stop", "warn"),
 }
 
 

@@ -4,7 +4,8 @@
                optimizer + schedule, resume
     each step  grad_accum micro-batches -> loss summed over tokens / targets of the whole step
                (all micro-batches, all ranks) -> clip -> skip if non-finite -> AdamW -> log
-               -> held-out eval / checkpoint when due -> stop on SIGTERM
+               -> held-out eval / checkpoint when due -> stop on SIGTERM/SIGINT (also between
+               micro-batches: train/preempt.py)
     the end    export the consolidated checkpoint, optional exact-match evaluation
 
 Distributed details live in parallel.py, checkpoint files in checkpoint.py, logging in
@@ -14,8 +15,8 @@ metrics.py; nothing here is hidden behind callbacks.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from train.heldout import heldout_loss, sample_responses
 from train.metrics import MetricsLogger, Throughput
 from train.optim import build_optimizer, build_scheduler
 from train.plan import check_fits
+from train.preempt import StopRequest
 from train.step import prepare_batch, train_step
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -45,16 +47,6 @@ EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps); reported as one line, exit 1."""
-
-
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; checked (and agreed on by all ranks) once per step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __call__(self, signum, frame) -> None:
-        self.requested = True
 
 
 def model_args(cfg: TrainConfig, tokenizer: Tokenizer) -> ModelArgs:
@@ -148,6 +140,10 @@ def train(cfg: TrainConfig) -> dict:
     try:
         return _train(cfg, info)
     finally:
+        # ---- clean exit (issue 10): FSDP modules live in reference cycles that keep the mesh's
+        # process groups alive; collect them now, not during interpreter shutdown, where a gloo
+        # work object released late aborted a worker (SIGABRT) after a stop inside a step.
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -159,8 +155,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     torch.backends.cudnn.allow_tf32 = cfg.parallel.tf32
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    stop = _StopFlag()
-    signal.signal(signal.SIGTERM, stop)
+    stop = StopRequest().install()  # SIGTERM / SIGINT: save and leave (train/preempt.py)
 
     prepare_data(cfg, info)
     tokenizer_path = cfg.tokenizer or (str(Path(cfg.model.init_from) / "tokenizer.model")
@@ -172,7 +167,9 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     except TokenizerError as e:  # neither format: one line naming the file, exit 2 (train/__main__)
         raise ConfigError(str(e)) from None
     args = model_args(cfg, tokenizer)
-    resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root)  # before anything is written
+    # ---- resume selection (issue 10): the newest checkpoint that verifies; skipped ones named
+    resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root, checksums=cfg.checkpoint.verify == "checksums",
+                                      warn=lambda line: print(line, flush=True) if info.is_main else None)
     if info.is_main:
         save_config(cfg, out_dir / "config.yaml")
         ckpt.clean_partial(ckpt_root)
@@ -217,11 +214,15 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     if verdict:
         logger.message(f"warning: {verdict}")
 
-    def save_state() -> None:
+    # ---- saving (issue 10): failures end every rank with one line, or warn (checkpoint.on_error)
+    checkpointer = ckpt.Checkpointer(ckpt_root, info, cfg.checkpoint.keep, cfg.checkpoint.on_error,
+                                     log=logger.message, saved_step=step if resume_from is not None else None)
+
+    def save_state(last: bool = False, loader_state: dict | None = None, rng: dict | None = None) -> None:
         train_state = {"step": step, "nonfinite_in_a_row": nonfinite_in_a_row, "scheduler": scheduler.state_dict(),
-                       "loader": loader_state, "rng": ckpt.rng_state(info.device)}
-        path = ckpt.save(ckpt_root, step, model, optimizer, train_state, info, cfg.checkpoint.keep)
-        logger.message(f"saved checkpoint {path}")
+                       "loader": loader_state if loader_state is not None else loader.state_dict(),
+                       "rng": rng or ckpt.rng_state(info.device)}
+        checkpointer.save(step, model, optimizer, train_state, last=last)
 
     # ------------------------------------------------------------ the loop
     batches = iter(loader)
@@ -230,10 +231,18 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     next_batches = [prepare_batch(next(batches), info.device, cfg.parallel.attention) for _ in range(accum)]
     while step < total_steps:
         t0 = time.perf_counter()
+        # ---- stop mid-step (issue 10): the RNG where the step began, in case it is abandoned
+        rng_at_step_start = ckpt.rng_state(info.device)
         micro_batches = next_batches
         lr = scheduler.get_last_lr()[0]
         result = train_step(model, optimizer, scheduler, micro_batches, cfg.parallel, cfg.optim.grad_clip,
-                            stop.requested, info.device)
+                            stop, info.device, fault_step=step + 1)
+        if result.abandoned:  # ---- stop mid-step (issue 10): save the state from before this step
+            save_state(last=True, loader_state=loader_state, rng=rng_at_step_start)
+            logger.message(f"stopped by signal ({stop.name}) in step {step + 1}, after micro-batch "
+                           f"{result.abandoned} of {accum}; saved step {step}; resume with resume=auto")
+            logger.close()
+            return row
         step += 1
         loader_state, epoch = loader.state_dict(), loader.epoch
         if step < total_steps:  # prepared on the host while the device runs the optimizer step
@@ -258,6 +267,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
                                 f"(max_nonfinite={cfg.max_nonfinite}); lower optim.lr or check the data")
         fault_point("kill", step, info.rank)  # tests only (train/faults.py)
         fault_point("term", step, info.rank)
+        fault_point("int", step, info.rank)
 
         if heldout_loader is not None and (step % cfg.eval.every == 0 or step == total_steps):
             values = heldout_loss(model, heldout_loader, cfg.eval.max_batches, info.device, cfg.parallel.attention)
@@ -266,9 +276,10 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
                                        cfg.eval.max_new_tokens, info.device)
             logger.log_eval(step, values, samples)
 
-        if result.stop_votes > 0:  # SIGTERM (preemption): save where we are and leave cleanly
-            save_state()
-            logger.message(f"stopped by signal at step {step}; resume with resume=auto")
+        if result.stop_votes > 0:  # SIGTERM/SIGINT (preemption): save where we are and leave cleanly
+            stop.agreed()  # every rank learns which signal, for the message
+            save_state(last=True)
+            logger.message(f"stopped by signal at step {step} ({stop.name}); resume with resume=auto")
             logger.close()
             return row
         if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0:

@@ -10,7 +10,8 @@ What it guarantees:
   once, since there a rank's gradient is full-size either way. `hybrid` reduce-scatters inside
   the shard group every micro-batch and all-reduces across replicas (the slow link) once.
 - One device-to-host synchronisation per step: the targets count is all-reduced and used on the
-  device, and the loss, grad norm and stop vote are read together once, to decide the skip.
+  device, and the loss, grad norm and stop vote are read together once, to decide the skip. The
+  vote after each micro-batch (a signal stops the step there) is a host-side collective.
 - The loss is the model's chunked cross-entropy (model/loss.py): the fp32 `[tokens, vocab]`
   logits never exist.
 """
@@ -26,7 +27,9 @@ from torch.distributed.tensor import DTensor
 
 from model.attention import build_attention
 from train.config import ParallelConfig
+from train.faults import fault_point
 from train.metrics import attention_pairs
+from train.preempt import StopRequest
 
 
 @dataclass
@@ -38,6 +41,7 @@ class StepResult:
     skipped: bool  # non-finite loss or gradient: weights, moments and schedule left untouched
     stop_votes: int  # ranks that were asked to stop (SIGTERM/SIGINT) before the step ended
     attention_pairs: int  # sum over documents of length^2, all ranks (train.metrics MFU)
+    abandoned: int = 0  # > 0: stopped by a signal after this many micro-batches; nothing updated
 
 
 def prepare_batch(batch: dict, device: torch.device, attention: str = "auto") -> dict:
@@ -72,8 +76,10 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                micro_batches: list[dict], pcfg: ParallelConfig, grad_clip: float,
-               stop_requested: bool, device: torch.device) -> StepResult:
-    """Forward/backward every micro-batch (already on `device`), clip, then AdamW unless non-finite."""
+               stop: StopRequest | None, device: torch.device, fault_step: int = 0) -> StepResult:
+    """Forward/backward every micro-batch (prepared by `prepare_batch`), clip, then AdamW unless
+    non-finite. When a stop (SIGTERM/SIGINT) is agreed after a micro-batch that is not the last,
+    the partial gradients are dropped and the step returns `abandoned` = micro-batches run."""
     dp_world = dist.get_world_size() if dist.is_initialized() else 1
     # Targets and real tokens of the whole step, all ranks, counted before any backward:
     # the gradient of each micro-batch is scaled by 1 / (step's targets) on the device.
@@ -89,12 +95,20 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         token_loss_sum = model(b["tokens"], b["positions"], b["attn"], labels=b["labels"])
         (token_loss_sum * grad_scale).backward()
         loss_sum += token_loss_sum.detach().double()
+        if i == 0 and fault_step:  # tests only (train/faults.py)
+            fault_point("term_mid", fault_step, dist.get_rank() if dist.is_initialized() else 0)
+            fault_point("int_mid", fault_step, dist.get_rank() if dist.is_initialized() else 0)
+        # The stop vote runs on the host (train/preempt.py): no device sync per micro-batch.
+        if i < len(micro_batches) - 1 and stop is not None and stop.agreed():
+            optimizer.zero_grad(set_to_none=True)
+            return StepResult(math.nan, math.nan, 0, 0, True, 1, 0, abandoned=i + 1)
 
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf,
                                                foreach=True)
     if isinstance(grad_norm, DTensor):
         grad_norm = grad_norm.full_tensor()
     # Loss and stop votes summed over ranks in one collective; then the step's one host read.
+    stop_requested = stop is not None and stop.requested
     totals = _all_reduce(torch.stack([loss_sum, torch.tensor(float(stop_requested), dtype=torch.float64,
                                                                    device=device)]))
     loss_total, stop_votes, grad_norm_f, targets, tokens, pairs = torch.cat(
