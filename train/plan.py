@@ -15,7 +15,7 @@
                          (see `activation_bytes_per_token`), times the layers that keep them
                          under the checkpointing policy, plus one layer recomputed in backward
   loss                   one chunk's logits in backward: recomputed, upcast, log-softmax, and two
-                         gradients (model/loss.py)
+                         gradients (model/loss.py); a micro-batch of one chunk keeps its log-probs
   slack                  allocator fragmentation and workspaces: 10% of the above, plus the
                          accelerator's context that max_memory_allocated never shows (1.5 GB)
 
@@ -149,6 +149,8 @@ def plan(cfg: TrainConfig, args: ModelArgs, gpus: int, context_gb: float = CONTE
     # Backward of one chunk: the recomputed logits (c), their fp32 copy, log-softmax, its
     # gradient and the logits' gradient (fp32), cast back to c.
     t["loss"] = chunk * V * (16 + (2 * c if c < 4 else 0))
+    if T <= chunk:  # one chunk: not recomputed, its fp32 log-probs are kept from forward
+        t["loss"] += chunk * V * 4
     t["slack"] = SLACK * sum(t.values())
     t["context"] = context_gb * GB
     # train.metrics' model FLOPs, every token in a document of the longest length (an upper bound).
