@@ -67,6 +67,13 @@ def test_model_loss_path_equals_cross_entropy_of_its_logits(tied):
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
     for g, r in zip(grads, ref_grads, strict=True):
         assert_rel(g, r)
+    # Projecting only the positions that have a target: the same loss and gradients.
+    index = (labels.flatten() != -100).nonzero().squeeze(1)
+    assert len(index) == labels.numel() - 10
+    got_t = model(tokens, labels=labels, target_index=index)
+    torch.testing.assert_close(got_t, ref, rtol=1e-6, atol=0)
+    for g, r in zip(torch.autograd.grad(got_t, list(model.parameters())), ref_grads, strict=True):
+        assert_rel(g, r)
     # Prefill's last-position logits are the full forward's last row.
     torch.testing.assert_close(model(tokens, last_only=True)[:, 0], model(tokens)[:, -1])
 

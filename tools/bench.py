@@ -67,7 +67,7 @@ def bench_train(argv: list[str]) -> int:
 
     args = model_args(cfg, Tokenizer(cfg.tokenizer or str(Path(cfg.model.init_from) / "tokenizer.model")))
     # Model FLOPs of the measured steps, attention counted per document (train/metrics.py).
-    flops = sum(model_flops(args, r["tokens"], r["attention_pairs"]) for r in rows)
+    flops = sum(model_flops(args, r["tokens"], r["attention_pairs"], r["targets"]) for r in rows)
     result = {
         "config": ns.config, "overrides": ns.overrides, "device": _device_name(device), "world_size": world,
         "dtype": cfg.parallel.mixed_precision, "activation_checkpointing": cfg.parallel.activation_checkpointing,

@@ -153,7 +153,7 @@ def bench_train(name: str, fields: dict, layout: str, compiled: bool, ac: str, s
     model = build_model(cfg, args, mesh, info)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, sh.steps + sh.warmup)
-    tokens = pairs = 0
+    tokens = pairs = targets = 0
     elapsed = 0.0
     for i in range(sh.warmup + sh.steps):
         mb = [prepare_batch(next(batches), device, cfg.parallel.attention)]
@@ -162,7 +162,8 @@ def bench_train(name: str, fields: dict, layout: str, compiled: bool, ac: str, s
         dt = time.perf_counter() - t0  # train_step ends with its one host sync
         if i >= sh.warmup:
             tokens, pairs, elapsed = tokens + r.tokens, pairs + r.attention_pairs, elapsed + dt
-    flops = model_flops(args, tokens, pairs) / elapsed
+            targets += r.targets
+    flops = model_flops(args, tokens, pairs, targets) / elapsed
     peak = peak_flops(device)
     predicted = plan(cfg, args, 1, context_gb=0.0).total / 1e9
     mem = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None

@@ -24,7 +24,8 @@ def heldout_loss(model: torch.nn.Module, loader, max_batches: int, device: torch
             break
         b = prepare_batch(b, device, attention)
         # The training loss's own chunked cross-entropy (model/loss.py), summed on the device.
-        loss_sum += model(b["tokens"], b["positions"], b["attn"], labels=b["labels"]).double()
+        loss_sum += model(b["tokens"], b["positions"], b["attn"], labels=b["labels"],
+                          target_index=b["target_index"]).double()
         targets += b["num_targets"]
     total, count = all_reduce_sum([float(loss_sum), targets], device)
     model.train()

@@ -90,7 +90,7 @@ def build_model(cfg: TrainConfig, args: ModelArgs, mesh, info: parallel.DistInfo
     if cfg.model.init_from or init_on(cfg, args) == "device":
         # Shard, allocate only this rank's shards, then fill them: from the checkpoint rank 0
         # reads, or with a fresh init of each shard.
-        _wrap(model, mesh, pcfg)
+        _wrap(model, mesh, pcfg, info.device)
         model.to_empty(device=info.device)
         if cfg.model.init_from:
             full = load_state_dict(cfg.model.init_from) if info.is_main else {}
@@ -106,15 +106,18 @@ def build_model(cfg: TrainConfig, args: ModelArgs, mesh, info: parallel.DistInfo
         model.to_empty(device="cpu")
         torch.manual_seed(cfg.seed)
         model.init_weights()
-        _wrap(model, mesh, pcfg)
+        _wrap(model, mesh, pcfg, info.device)
     return model
 
 
-def _wrap(model: Transformer, mesh, pcfg) -> None:
+def _wrap(model: Transformer, mesh, pcfg, device: torch.device) -> None:
     parallel.apply_activation_checkpointing(model, pcfg)
     if pcfg.compile:
         parallel.apply_compile(model)
-    parallel.apply_fsdp(model, mesh, pcfg)
+    if parallel.uses_fsdp(pcfg, mesh.size()):
+        parallel.apply_fsdp(model, mesh, pcfg)
+    else:
+        model.to(device)
 
 
 def prepare_data(cfg: TrainConfig, info: parallel.DistInfo) -> None:
@@ -218,10 +221,10 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     checkpointer = ckpt.Checkpointer(ckpt_root, info, cfg.checkpoint.keep, cfg.checkpoint.on_error,
                                      log=logger.message, saved_step=step if resume_from is not None else None)
 
-    def save_state(last: bool = False, loader_state: dict | None = None, rng: dict | None = None) -> None:
+    def save_state(last: bool = False, rng: dict | None = None) -> None:
+        # `loader_state`, not loader.state_dict(): the loader is already past the prefetched batches.
         train_state = {"step": step, "nonfinite_in_a_row": nonfinite_in_a_row, "scheduler": scheduler.state_dict(),
-                       "loader": loader_state if loader_state is not None else loader.state_dict(),
-                       "rng": rng or ckpt.rng_state(info.device)}
+                       "loader": loader_state, "rng": rng or ckpt.rng_state(info.device)}
         checkpointer.save(step, model, optimizer, train_state, last=last)
 
     # ------------------------------------------------------------ the loop
@@ -238,7 +241,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         result = train_step(model, optimizer, scheduler, micro_batches, cfg.parallel, cfg.optim.grad_clip,
                             stop, info.device, fault_step=step + 1)
         if result.abandoned:  # ---- stop mid-step (issue 10): save the state from before this step
-            save_state(last=True, loader_state=loader_state, rng=rng_at_step_start)
+            save_state(last=True, rng=rng_at_step_start)  # loader_state is still the step's start
             logger.message(f"stopped by signal ({stop.name}) in step {step + 1}, after micro-batch "
                            f"{result.abandoned} of {accum}; saved step {step}; resume with resume=auto")
             logger.close()
@@ -260,7 +263,8 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         row = {"step": step, "epoch": epoch, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
                "tokens": result.tokens, "targets": result.targets, "seq_len": seq_len,
                "attention_pairs": result.attention_pairs, "skipped": result.skipped,
-               **throughput.measure(step_time, result.tokens, result.attention_pairs, total_steps - step)}
+               **throughput.measure(step_time, result.tokens, result.attention_pairs, total_steps - step,
+                                    result.targets)}
         logger.log_step(row, total_steps, print_line=step % cfg.log.every == 0 or step in (1, total_steps))
         if nonfinite_in_a_row > cfg.max_nonfinite:
             raise TrainingError(f"stopping: {nonfinite_in_a_row} non-finite steps in a row at step {step} "

@@ -8,6 +8,7 @@ Throughput is counted in real tokens (non-padding inputs, summed over ranks): pa
 GPU does but not progress. MFU = model FLOPs / step time / peak FLOP/s, with a step's model FLOPs
 
     6 * n_params * tokens + 12 * n_layers * dim * sum over documents of L_i^2
+    - 6 * vocab * dim * (tokens - targets)   (the output projection runs for target tokens only)
 
 (forward + backward, PaLM's definition: activation recomputation is not counted, nor is padding).
 A token of a document of length L attends to L keys: a packed row's examples are the documents,
@@ -37,9 +38,14 @@ PEAK_TFLOPS_BF16 = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "H800": 989.0, 
 TIMING_KEYS = ("tokens_per_s", "step_time_s", "mfu", "peak_mem_gb", "elapsed_s", "eta_s")
 
 
-def model_flops(args: ModelArgs, tokens: float, attention_pairs: float) -> float:
-    """Model FLOPs of `tokens` real tokens whose documents' squared lengths sum to `attention_pairs`."""
-    return 6.0 * args.num_params() * tokens + 12.0 * args.n_layers * args.dim * attention_pairs
+def model_flops(args: ModelArgs, tokens: float, attention_pairs: float, targets: float | None = None) -> float:
+    """Model FLOPs of `tokens` real tokens whose documents' squared lengths sum to `attention_pairs`.
+    With `targets`, the output projection counts only for tokens that have a target: the loss
+    projects only those (model/llama.py, target_index), so MFU credits no skipped work."""
+    flops = 6.0 * args.num_params() * tokens + 12.0 * args.n_layers * args.dim * attention_pairs
+    if targets is not None:
+        flops -= 6.0 * args.vocab_size * args.dim * (tokens - targets)
+    return flops
 
 
 def document_lengths(batch: dict) -> torch.Tensor:
@@ -177,14 +183,15 @@ class Throughput:
         self.start = time.perf_counter()
         self.steps = 0
 
-    def measure(self, step_time: float, tokens: float, attention_pairs: float, remaining_steps: int
-                ) -> dict[str, Any]:
+    def measure(self, step_time: float, tokens: float, attention_pairs: float, remaining_steps: int,
+                targets: float | None = None) -> dict[str, Any]:
         """tokens and attention_pairs (see `attention_pairs`) of the whole step, all ranks."""
         self.steps += 1
         tps = tokens / max(step_time, 1e-9)
         mfu = None
         if self.peak is not None:  # per-device MFU: global model FLOP/s over all devices' peak
-            mfu = model_flops(self.args, tokens, attention_pairs) / max(step_time, 1e-9) / (self.peak * self.world)
+            mfu = (model_flops(self.args, tokens, attention_pairs, targets) / max(step_time, 1e-9)
+                   / (self.peak * self.world))
         avg = (time.perf_counter() - self.start) / self.steps
         return {"tokens_per_s": tps, "step_time_s": step_time, "mfu": mfu,
                 "peak_mem_gb": peak_memory_gb(self.device), "eta_s": avg * remaining_steps}

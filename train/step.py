@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from model.attention import build_attention
+from model.loss import IGNORE_INDEX
 from train.config import ParallelConfig
 from train.faults import fault_point
 from train.metrics import attention_pairs
@@ -47,12 +48,14 @@ class StepResult:
 def prepare_batch(batch: dict, device: torch.device, attention: str = "auto") -> dict:
     """What a micro-batch needs on the device, prepared on the host ahead of the step: how its
     tokens attend (model.attention, built once for all layers from the host's document ids), its
-    attention (query, key) pairs for MFU, and its tensors on `device` (on CUDA from pinned memory
+    attention (query, key) pairs for MFU, the positions that have a target (the loss projects
+    only those to the vocabulary), and its tensors on `device` (on CUDA from pinned memory
     without blocking the host)."""
     cuda = device.type == "cuda"
     out = dict(batch)
     out["attn"] = build_attention(batch["document_ids"], attention, device)
     out["attention_pairs"] = attention_pairs(batch)
+    out["target_index"] = (batch["labels"].flatten() != IGNORE_INDEX).nonzero().squeeze(1)  # host: no sync
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             out[k] = (v.pin_memory() if cuda else v).to(device, non_blocking=cuda)
@@ -61,11 +64,22 @@ def prepare_batch(batch: dict, device: torch.device, attention: str = "auto") ->
 
 def set_gradient_sync(model: torch.nn.Module, pcfg: ParallelConfig, last_micro_batch: bool) -> None:
     """Which gradient collectives run after this micro-batch's backward (see the module doc)."""
+    if not hasattr(model, "set_requires_gradient_sync"):  # one process, no FSDP: nothing to sync
+        return
     if pcfg.fsdp == "none":
         model.set_requires_gradient_sync(last_micro_batch)
     elif pcfg.fsdp == "hybrid":
         model.set_requires_all_reduce(last_micro_batch)
     # full: reduce-scatter every micro-batch (the FSDP2 default).
+
+
+def _on_device(values: list[float], device: torch.device) -> torch.Tensor:
+    """Host numbers as an fp64 device tensor without waiting for the device's queued work (a
+    pageable host-to-device copy would: pinned memory and a non-blocking copy do not)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -83,16 +97,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     dp_world = dist.get_world_size() if dist.is_initialized() else 1
     # Targets and real tokens of the whole step, all ranks, counted before any backward:
     # the gradient of each micro-batch is scaled by 1 / (step's targets) on the device.
-    counts = _all_reduce(torch.tensor([sum(b[k] for b in micro_batches)
-                                       for k in ("num_targets", "num_tokens", "attention_pairs")],
-                                      dtype=torch.float64, device=device))
+    counts = _all_reduce(_on_device([sum(b[k] for b in micro_batches)
+                                     for k in ("num_targets", "num_tokens", "attention_pairs")], device))
     # FSDP averages gradients over the dp_world ranks; scaling by dp_world turns that average
     # back into the sum, so the gradient is exactly d(total loss / step targets).
     grad_scale = (dp_world / counts[0].clamp(min=1.0)).float()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for i, b in enumerate(micro_batches):
         set_gradient_sync(model, pcfg, i == len(micro_batches) - 1)
-        token_loss_sum = model(b["tokens"], b["positions"], b["attn"], labels=b["labels"])
+        token_loss_sum = model(b["tokens"], b["positions"], b["attn"], labels=b["labels"],
+                               target_index=b["target_index"])
         (token_loss_sum * grad_scale).backward()
         loss_sum += token_loss_sum.detach().double()
         if i == 0 and fault_step:  # tests only (train/faults.py)
@@ -109,8 +123,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         grad_norm = grad_norm.full_tensor()
     # Loss and stop votes summed over ranks in one collective; then the step's one host read.
     stop_requested = stop is not None and stop.requested
-    totals = _all_reduce(torch.stack([loss_sum, torch.tensor(float(stop_requested), dtype=torch.float64,
-                                                                   device=device)]))
+    totals = _all_reduce(torch.cat([loss_sum.reshape(1), _on_device([float(stop_requested)], device)]))
     loss_total, stop_votes, grad_norm_f, targets, tokens, pairs = torch.cat(
         [totals, grad_norm.detach().double().reshape(1), counts]).tolist()
     loss = loss_total / max(targets, 1.0)
