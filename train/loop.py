@@ -116,7 +116,7 @@ def _wrap(model: Transformer, mesh, pcfg, device: torch.device) -> None:
         parallel.apply_compile(model)
     if parallel.uses_fsdp(pcfg, mesh.size()):
         parallel.apply_fsdp(model, mesh, pcfg)
-    else:
+    elif model.tok_embeddings.weight.device.type != "meta":  # a meta model gets to_empty(device) next
         model.to(device)
 
 

@@ -14,8 +14,8 @@
   activations            bytes per token per layer, read off what autograd saves in model/llama.py
                          (see `activation_bytes_per_token`), times the layers that keep them
                          under the checkpointing policy, plus one layer recomputed in backward
-  loss                   one chunk's logits in backward: recomputed, upcast, log-softmax, and two
-                         gradients (model/loss.py); a micro-batch of one chunk keeps its log-probs
+  loss                   one chunk's logits in backward: log-softmax, its gradient and the logits'
+                         gradient (model/loss.py)
   slack                  allocator fragmentation and workspaces: 10% of the above, plus the
                          accelerator's context that max_memory_allocated never shows (1.5 GB)
 
@@ -35,6 +35,7 @@ from model.args import ModelArgs
 from model.loss import chunk_tokens
 from train.config import TrainConfig
 from train.metrics import model_flops
+from train.parallel import uses_fsdp
 
 GB = 1e9
 GPUS = {"a100-40": 40.0, "a100": 80.0, "a100-80": 80.0, "h100": 80.0, "h200": 141.0}
@@ -120,11 +121,11 @@ def plan(cfg: TrainConfig, args: ModelArgs, gpus: int, context_gb: float = CONTE
     t["params"] = P / S * m
     t["grads"] = P / S * m if pcfg.fsdp != "none" else P * m
     t["adamw"] = 2 * P / S * m
-    if cfg.batch.grad_accum > 1 and pcfg.fsdp != "none":
+    if cfg.batch.grad_accum > 1 and pcfg.fsdp != "none" and uses_fsdp(pcfg, gpus):
         # From the second micro-batch on, each freshly reduced gradient shard exists beside the
         # accumulated one until it is added in.
         t["grads_in_flight"] = P / S * m
-    if S > 1 or pcfg.mixed_precision != "fp32":  # unsharded copies exist once there is a gather or a cast
+    if uses_fsdp(pcfg, gpus):  # FSDP's unsharded copies (one fp32 process trains without FSDP)
         t["gathered_layers"] = 3 * layer * c + layer * 4
         t["root_unsharded"] = root * c + root * 4
     else:
@@ -145,12 +146,9 @@ def plan(cfg: TrainConfig, args: ModelArgs, gpus: int, context_gb: float = CONTE
     # (two residual-stream-sized fp32 tensors and the widest intermediate).
     kept += c * D + (4 * D + 2 * c * D) + 2 * 4 * D + 2 * c * args.hidden_dim
     t["activations"] = T * kept
-    chunk = min(T, chunk_tokens(V))
-    # Backward of one chunk: the recomputed logits (c), their fp32 copy, log-softmax, its
-    # gradient and the logits' gradient (fp32), cast back to c.
-    t["loss"] = chunk * V * (16 + (2 * c if c < 4 else 0))
-    if T <= chunk:  # one chunk: not recomputed, its fp32 log-probs are kept from forward
-        t["loss"] += chunk * V * 4
+    # Backward of one chunk: log-softmax output, its gradient and the logits' gradient in fp32,
+    # plus the compute-dtype logits and gradient when the compute dtype is narrower.
+    t["loss"] = min(T, chunk_tokens(V)) * V * (12 + (2 * c if c < 4 else 0))
     t["slack"] = SLACK * sum(t.values())
     t["context"] = context_gb * GB
     # train.metrics' model FLOPs, every token in a document of the longest length (an upper bound).
