@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from data.collate import collate_packed, collate_padded, collate_rows
 from model import ModelArgs, Transformer
 from model.attention import CacheMask, build_attention, document_segments
+from tests.examples import random_examples
 
 M = -100
 HAS_CXX = shutil.which("g++") is not None or shutil.which("c++") is not None
@@ -25,16 +26,7 @@ CPU_BACKENDS = ["documents", "dense"]
 
 
 def _examples(n=7, vocab=50, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        length = int(torch.randint(3, 25, (1,), generator=g))
-        seq = [1] + torch.randint(3, vocab, (length,), generator=g).tolist() + [2]
-        n_prompt = int(torch.randint(1, length, (1,), generator=g))
-        labels = seq[1:]
-        labels[: n_prompt - 1] = [M] * (n_prompt - 1)
-        out.append((seq[:-1], labels))
-    return out
+    return random_examples(n, vocab, seed, max_len=25)
 
 
 def _model(n_kv_heads, dim=32):

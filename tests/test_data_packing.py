@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from data.collate import collate_packed, collate_padded
 from model import ModelArgs, Transformer
+from tests.examples import random_examples
 
 M = -100
 
@@ -32,16 +33,7 @@ def test_collate_packed_restarts_positions_and_separates_documents():
 
 
 def _examples(n=9, vocab=50, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        length = int(torch.randint(3, 21, (1,), generator=g))
-        seq = [1] + torch.randint(3, vocab, (length,), generator=g).tolist() + [2]
-        n_prompt = int(torch.randint(1, length, (1,), generator=g))
-        labels = seq[1:]
-        labels[: n_prompt - 1] = [M] * (n_prompt - 1)
-        out.append((seq[:-1], labels))
-    return out
+    return random_examples(n, vocab, seed, max_len=21)
 
 
 def _model():
