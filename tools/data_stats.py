@@ -93,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in a.data:  # bad data fails here, before torch and the tokenizer are loaded
             read_records(path, a.skip_invalid)
-        from model.tokenizer import Tokenizer
+        from model.tokenizer import Tokenizer, TokenizerError
 
-        tokenizer = Tokenizer(a.tokenizer)
+        try:
+            tokenizer = Tokenizer(a.tokenizer)
+        except TokenizerError as e:  # neither sentencepiece nor tiktoken: one line, exit 2
+            raise DataError(str(e)) from None
         cfg = DataConfig(paths=a.data, template=a.template, max_len=a.max_len, skip_invalid=a.skip_invalid,
                          packing=True, pack_len=a.pack_len, pack_strategy=a.pack_strategy,
                          pack_window=a.pack_window, group_by_length=a.group_by_length,

@@ -27,7 +27,7 @@ import torch
 
 from data.alpaca import encode_prompt
 from model.sampling import generate, generate_batch
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, TokenizerError
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
@@ -195,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad is not None:
         print(f"error: {args.data}: record {bad} needs string 'instruction' and 'output'", file=sys.stderr)
         return 2
+    try:
+        tokenizer = Tokenizer(tok_path)
+    except TokenizerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dtype = dtypes[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     model = load_model(args.ckpt, device=device, dtype=dtype)
-    result = evaluate_records(model, Tokenizer(tok_path), records, args.template, args.max_new_tokens,
+    result = evaluate_records(model, tokenizer, records, args.template, args.max_new_tokens,
                               args.batch_size)
     for miss in result["misses"][: args.show_misses]:
         print(f"miss: {miss['instruction']!r} {miss['input']!r} -> {miss['got']!r} (want {miss['expected']!r})")
