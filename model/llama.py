@@ -75,7 +75,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     CPU, same numbers). Compiled: the real form, which inductor fuses (it does not lower complex)."""
     xp = x.float().unflatten(-1, (-1, 2))  # (B, T, H, hd/2, 2)
     if not torch.compiler.is_compiling():
-        rotated = torch.view_as_complex(xp) * torch.complex(cos, sin)  # (B, T, H, hd/2) complex
+        # cos/sin arrive in bf16 when FSDP casts a layer's inputs; complex needs fp32 parts.
+        rotated = torch.view_as_complex(xp) * torch.complex(cos.float(), sin.float())  # (B, T, H, hd/2)
         return torch.view_as_real(rotated).flatten(-2).type_as(x)  # (B, T, H, hd)
     x0, x1 = xp[..., 0], xp[..., 1]
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (B, T, H, hd/2, 2)
