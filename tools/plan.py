@@ -25,19 +25,17 @@ from pathlib import Path
 
 
 def _model_args(cfg, preset: str | None):
+    """The trainer's own ModelArgs (train.loop.args_from_config); vocab 32000 unless the config
+    pins it, since the planner reads no tokenizer."""
     from model.args import ModelArgs
-    from model.checkpoint import load_args
+    from train.loop import args_from_config
 
     if preset:
         return ModelArgs.preset(preset)
-    if cfg.model.init_from:
-        if not (Path(cfg.model.init_from) / "config.json").is_file():
-            raise ValueError(f"model.init_from={cfg.model.init_from} is not on this machine: "
-                             "name its architecture with --model PRESET (e.g. llama1-7b)")
-        return load_args(cfg.model.init_from)
-    fields = dict(cfg.model.args)
-    fields.setdefault("vocab_size", 32000)
-    return ModelArgs.preset(cfg.model.preset, **fields) if cfg.model.preset else ModelArgs.from_dict(fields)
+    if cfg.model.init_from and not (Path(cfg.model.init_from) / "config.json").is_file():
+        raise ValueError(f"model.init_from={cfg.model.init_from} is not on this machine: "
+                         "name its architecture with --model PRESET (e.g. llama1-7b)")
+    return args_from_config(cfg, default_vocab=32000)
 
 
 def report(cfg, args, gpus: int, gpu_mem_gb: float, mfu: float, peak_tflops: float | None,

@@ -49,17 +49,22 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps); reported as one line, exit 1."""
 
 
-def model_args(cfg: TrainConfig, tokenizer: Tokenizer) -> ModelArgs:
-    """init_from's config.json, else the preset with overrides; vocab from the tokenizer unless pinned."""
+def args_from_config(cfg: TrainConfig, default_vocab: int) -> ModelArgs:
+    """init_from's config.json, else the preset with the config's overrides (vocab_size, unless
+    pinned, is `default_vocab`). tools.plan builds its ModelArgs here too."""
     if cfg.model.init_from:
-        args = load_args(cfg.model.init_from)
-    else:
-        fields = dict(cfg.model.args)
-        fields.setdefault("vocab_size", tokenizer.vocab_size)
-        try:
-            args = ModelArgs.preset(cfg.model.preset, **fields) if cfg.model.preset else ModelArgs.from_dict(fields)
-        except ValueError as e:
-            raise ConfigError(f"model: {e}") from None
+        return load_args(cfg.model.init_from)
+    fields = dict(cfg.model.args)
+    fields.setdefault("vocab_size", default_vocab)
+    try:
+        return ModelArgs.preset(cfg.model.preset, **fields) if cfg.model.preset else ModelArgs.from_dict(fields)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def model_args(cfg: TrainConfig, tokenizer: Tokenizer) -> ModelArgs:
+    """The run's ModelArgs, vocab from the tokenizer unless pinned, checked against it."""
+    args = args_from_config(cfg, tokenizer.vocab_size)
     if tokenizer.vocab_size > args.vocab_size:
         raise ConfigError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens, "
                          f"the model only {args.vocab_size} embeddings")
@@ -231,7 +236,11 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     batches = iter(loader)
     row: dict = {}
     loader_state = loader.state_dict()  # the position after the last *completed* step
-    next_batches = [prepare_batch(next(batches), info.device, cfg.parallel.attention) for _ in range(accum)]
+
+    def next_step_batches() -> list[dict]:
+        return [prepare_batch(next(batches), info.device, cfg.parallel.attention) for _ in range(accum)]
+
+    next_batches = next_step_batches()
     while step < total_steps:
         t0 = time.perf_counter()
         # ---- stop mid-step (issue 10): the RNG where the step began, in case it is abandoned
@@ -249,7 +258,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         step += 1
         loader_state, epoch = loader.state_dict(), loader.epoch
         if step < total_steps:  # prepared on the host while the device runs the optimizer step
-            next_batches = [prepare_batch(next(batches), info.device, cfg.parallel.attention) for _ in range(accum)]
+            next_batches = next_step_batches()
         step_time = time.perf_counter() - t0
         if result.skipped:
             nonfinite_in_a_row += 1
