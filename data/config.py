@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from data.alpaca import DataError
-from data.packing import STRATEGIES
+from data.packing import STRATEGIES, Strategy
 from data.prompts import get_template
 
 
@@ -16,9 +16,9 @@ class DataConfig:
     # Alpaca-format files (JSON list or JSONL), mixed by `weights`: a weight w takes each file's
     # examples w times per epoch (2.0 = twice, 0.5 = a fixed seeded half; None = all 1.0).
     paths: list[str] = field(default_factory=list)
-    # "files": train on `paths`. "synthetic": the trainer writes data/synthetic.py's tasks first
-    # and fills `paths` in (the tiny default); paths may be empty until then.
-    source: str = "files"
+    # "files": train on `paths`. "synthetic": the trainer writes data/synthetic.py's tasks and
+    # trains on them (the tiny default); `paths` must then be empty.
+    source: Literal["files", "synthetic"] = "files"
     weights: list[float] | None = None
     template: str = "alpaca"  # a name in data.prompts.TEMPLATES, or a .json file with the two keys
     max_len: int = 512  # cut of [BOS]+prompt+output+[EOS]; rows then have max_len - 1 tokens
@@ -28,7 +28,7 @@ class DataConfig:
     # Which examples share a row (data/packing.py): "best_fit" (best-fit decreasing within windows
     # of pack_window shuffled examples; ~0.98-0.99 of a row filled) or "next_fit" (arrival order;
     # ~0.94-0.97). A larger window fills rows better but moves examples further from their shuffle.
-    pack_strategy: str = "best_fit"
+    pack_strategy: Strategy = "best_fit"
     pack_window: int = 1000
     group_by_length: bool = False  # sort megabatches by length (less padding, less randomness)
     megabatch_size: int = 512  # examples per length-sorted group; independent of the batch split
@@ -44,6 +44,9 @@ class DataConfig:
             raise DataError("data.paths: expected a list of file paths")
         if not self.paths and self.source == "files":
             raise DataError("data.paths: no data files given")
+        if self.paths and self.source == "synthetic":
+            raise DataError("data.paths cannot apply with data.source=synthetic (the trainer writes the data); "
+                            "set data.source=files to train on these files")
         if self.weights is not None:
             if len(self.weights) != len(self.paths):
                 raise DataError(f"data.weights: {len(self.weights)} weights for {len(self.paths)} paths")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from data.alpaca import IGNORE_INDEX, DataError
-from data.collate import collate_padded, collate_rows
+from data.collate import Batch, collate_padded, collate_rows
 from data.config import DataConfig
 from data.dataset import load_dataset
 from data.packing import pack
@@ -61,14 +61,14 @@ class AlpacaLoader:
         self._check_fills_a_step()
         return self.sampler.steps_per_epoch()
 
-    def collate(self, units) -> dict:
+    def collate(self, units) -> Batch:
         """A batch from a list of units (arrays of example ids) as the sampler yields them."""
         if self.cfg.packing:
             rows = [[self.dataset[int(i)] for i in unit] for unit in units]
             return collate_rows(rows, self.cfg.pack_len, self.pad_id)
         return collate_padded([self.dataset[int(i)] for unit in units for i in unit], self.pad_id)
 
-    def one_pass(self) -> Iterator[dict]:
+    def one_pass(self) -> Iterator[Batch]:
         """Every example exactly once, unshuffled and with no tail dropped: held-out evaluation.
 
         Slots of `micro_batch_size` units go round-robin over ranks as in training. Every rank
@@ -88,11 +88,11 @@ class AlpacaLoader:
                 yield self.collate(units[slot * micro:(slot + 1) * micro])
             else:
                 filler = self.collate([order[:1]])
-                filler["labels"].fill_(IGNORE_INDEX)
-                filler["num_targets"] = 0
+                filler.labels.fill_(IGNORE_INDEX)
+                filler.num_targets = 0
                 yield filler
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Batch]:
         """Batches forever, epoch after epoch; resume by load_state_dict before iterating."""
         self._check_fills_a_step()
         while True:

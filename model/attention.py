@@ -23,11 +23,14 @@ Shapes: q (B, n_heads, T, hd); k, v (B, n_kv_heads, S, hd); the result is (B, n_
 from __future__ import annotations
 
 import functools
+import typing
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "flex", "documents", "dense")
+Backend = Literal["auto", "flex", "documents", "dense"]
+BACKENDS = typing.get_args(Backend)
 
 
 class Causal:
@@ -166,7 +169,8 @@ def build_attention(document_ids: torch.Tensor | None, backend: str = "auto",
     kind = resolve_backend(backend, device)
     if kind == "documents":
         return PerDocument(document_ids)
-    ids = document_ids.to(device, non_blocking=True)
+    cuda = device.type == "cuda"  # one copy, pinned and non-blocking: the host runs ahead
+    ids = (document_ids.pin_memory() if cuda else document_ids).to(device, non_blocking=cuda)
     if kind == "flex":
         return FlexDocuments(ids)
     return DenseMask(ids)

@@ -5,12 +5,11 @@ Parameter names and the q/k row order follow Meta's reference `model.py`, so Met
 as they are; RoPE rotates interleaved pairs (x[2i], x[2i+1]) as Meta's complex formulation does
 (HF checkpoints permute q/k rows for their `rotate_half`; tools/convert.py undoes that).
 
-One `forward` serves three uses; how tokens attend is decided once per batch by the caller
+One entry point per use; how tokens attend is decided once per batch by the caller
 (model/attention.py) and passed in, so the layers never build masks:
-  training      model(tokens)                                   plain causal attention
-  packed rows   attn = build_attention(document_ids, backend)   block-diagonal causal attention
-                model(tokens, positions, attn)                  (document_ids=... builds it here)
-  decoding      model.setup_caches(...); model(tokens, input_pos=...)  prefill, then 1 token a step
+  training   model(tokens, labels, positions, attn, target_index) -> summed loss
+  scoring    model.logits(tokens, positions, attn)                -> logits of every position
+  decoding   model.setup_caches(B, L); model.prefill(prompt, input_pos); model.decode(token, input_pos)
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.args import ModelArgs
-from model.attention import AttentionInputs, CacheMask, Causal, build_attention
+from model.attention import AttentionInputs, CacheMask, Causal
 from model.loss import chunked_cross_entropy
 
 
@@ -75,8 +74,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     CPU, same numbers). Compiled: the real form, which inductor fuses (it does not lower complex)."""
     xp = x.float().unflatten(-1, (-1, 2))  # (B, T, H, hd/2, 2)
     if not torch.compiler.is_compiling():
-        # cos/sin arrive in bf16 when FSDP casts a layer's inputs; complex needs fp32 parts.
-        rotated = torch.view_as_complex(xp) * torch.complex(cos.float(), sin.float())  # (B, T, H, hd/2)
+        rotated = torch.view_as_complex(xp) * torch.complex(cos, sin)  # (B, T, H, hd/2)
         return torch.view_as_real(rotated).flatten(-2).type_as(x)  # (B, T, H, hd)
     x0, x1 = xp[..., 0], xp[..., 1]
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (B, T, H, hd/2, 2)
@@ -216,63 +214,60 @@ class Transformer(nn.Module):
             layer.attention.kv_cache = None
         self.max_cache_len = self.max_cache_batch = 0
 
-    # ---------------------------------------------------------------- forward
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        attn: AttentionInputs | None = None,
-        *,
-        document_ids: torch.Tensor | None = None,
-        input_pos: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        target_index: torch.Tensor | None = None,
-        last_only: bool = False,
-    ) -> torch.Tensor:
-        """tokens (B, T) -> logits (B, T, vocab) in the compute dtype.
+    # ---------------------------------------------------------------- entry points
+    # One signature per use, each a thin shell over `_hidden`; train.parallel registers the
+    # non-forward ones with FSDP2 so a sharded model all-gathers for them too.
 
-        labels (B, T): return instead the summed cross-entropy (fp32 scalar, IGNORE_INDEX
-            skipped), computed a chunk of tokens at a time (model/loss.py): the full fp32
-            `[tokens, vocab]` logits never exist.
-        target_index (N,): with labels, the flat positions whose label is not IGNORE_INDEX
-            (train.step.prepare_batch finds them on the host): the output projection runs for
-            those tokens only. Alpaca's prompts are about half of all tokens, and their logits
-            would only be multiplied by zero.
-        last_only: logits of the last position only, (B, 1, vocab) (prefill in decoding).
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None,
+                attn: AttentionInputs | None = None, target_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Training: tokens, labels (B, T) -> the summed cross-entropy (fp32 scalar; IGNORE_INDEX
+        skipped), a chunk of tokens at a time (model/loss.py): fp32 `[tokens, vocab]` logits never exist.
 
         positions (B, T): RoPE positions, default 0..T-1 (packed rows restart at 0 per example).
-        attn: from model.attention.build_attention, once per batch; default plain causal.
-        document_ids (B, T): shorthand for attn=build_attention(document_ids) (packed examples
-            never see each other).
-        input_pos (T,): absolute positions in the KV cache (after `setup_caches`).
+        attn: from model.attention.build_attention, once per micro-batch; default plain causal.
+        target_index (N,): the flat positions whose label is not IGNORE_INDEX (found on the host,
+            train.step.prepare_batch): only those are projected to the vocabulary. Alpaca's prompts
+            are about half of all tokens, and their logits would only be multiplied by zero.
         """
-        if isinstance(attn, torch.Tensor):
-            raise TypeError("the third argument of Transformer.forward is `attn` (model.attention."
-                            "build_attention); pass document ids as document_ids=...")
-        B, T = tokens.shape
-        if input_pos is not None:
-            if self.max_cache_len == 0:
-                raise RuntimeError("input_pos given but no KV cache: call setup_caches() first")
-            positions = input_pos
-            if attn is None:
-                a = self.args
-                attn = CacheMask(input_pos, self.max_cache_len, a.n_heads, a.n_kv_heads)
-        elif positions is None:
-            positions = torch.arange(T, device=tokens.device)
-        if attn is None:
-            attn = Causal() if document_ids is None else build_attention(document_ids)
-        cos, sin = rope_cos_sin(rope_inv_freq(self.args, tokens.device), positions)
+        h = self._hidden(tokens, positions, attn)
+        if target_index is not None:
+            h = h.flatten(0, 1).index_select(0, target_index)  # (N, dim)
+            labels = labels.flatten().index_select(0, target_index)  # (N,)
+        return chunked_cross_entropy(h, self._output_weight(), labels)
 
+    def logits(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+               attn: AttentionInputs | None = None) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, vocab) in the compute dtype, every position (scoring, tests)."""
+        return F.linear(self._hidden(tokens, positions, attn), self._output_weight())
+
+    def prefill(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Decoding, first call: the prompt (B, T) into the KV cache at `input_pos` (T,) ->
+        the last position's logits (B, 1, vocab)."""
+        h = self._hidden(tokens, input_pos, self._cache_mask(input_pos), input_pos)
+        return F.linear(h[:, -1:], self._output_weight())  # (B, 1, vocab)
+
+    def decode(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Decoding, each later call: new tokens (B, T) (usually T = 1) at cache positions
+        `input_pos` (T,) -> their logits (B, T, vocab)."""
+        h = self._hidden(tokens, input_pos, self._cache_mask(input_pos), input_pos)
+        return F.linear(h, self._output_weight())
+
+    def _cache_mask(self, input_pos: torch.Tensor) -> CacheMask:
+        if self.max_cache_len == 0:
+            raise RuntimeError("decoding needs a KV cache: call setup_caches() first")
+        return CacheMask(input_pos, self.max_cache_len, self.args.n_heads, self.args.n_kv_heads)
+
+    def _output_weight(self) -> torch.Tensor:
+        return self.tok_embeddings.weight if self.output is None else self.output.weight
+
+    def _hidden(self, tokens, positions, attn, input_pos=None) -> torch.Tensor:
+        """The trunk: embeddings, decoder layers, final norm -> (B, T, dim)."""
+        if positions is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device)
+        # fp32 cos/sin: train.parallel keeps FSDP from casting them to bf16 on the way into a layer.
+        cos, sin = rope_cos_sin(rope_inv_freq(self.args, tokens.device), positions)
+        attn = Causal() if attn is None else attn
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
             h = layer(h, cos, sin, attn, input_pos)
-        h = self.norm(h)
-        weight = self.tok_embeddings.weight if self.output is None else self.output.weight
-        if labels is not None:
-            if target_index is not None:
-                h = h.flatten(0, 1).index_select(0, target_index)  # (N, dim)
-                labels = labels.flatten().index_select(0, target_index)  # (N,)
-            return chunked_cross_entropy(h, weight, labels)  # fp32 scalar
-        if last_only:
-            h = h[:, -1:]  # (B, 1, dim)
-        return F.linear(h, weight)  # (B, T or 1, vocab)
+        return self.norm(h)

@@ -15,22 +15,22 @@ from model.llama import Transformer
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> int:
-    """logits (vocab,) -> one token id."""
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits (B, vocab) -> token ids (B,), on the logits' device (no host sync here)."""
     if temperature <= 0:
-        return int(torch.argmax(logits))
+        return torch.argmax(logits, dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
         outside = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
+        choice = torch.multinomial(sorted_probs / sorted_probs.sum(-1, keepdim=True), 1, generator=generator)
+        return order.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2 reuses its all-gather buffers for training afterwards
 def generate_batch(
     model: Transformer,
     prompts: list[list[int]],
@@ -40,6 +40,7 @@ def generate_batch(
     eos_id: int | Collection[int] | None = None,
     on_token: Callable[[int, int], None] | None = None,
     generator: torch.Generator | None = None,
+    agree: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[list[int]]:
     """Decode prompts of equal length together: the cache is indexed by one shared position, so
     equal lengths need no padding and each row gets exactly the tokens it would get alone.
@@ -47,6 +48,8 @@ def generate_batch(
     A row stops at EOS (`eos_id`: one id, or all of a model's stop ids, e.g. Llama 3's
     end-of-text and end-of-turn), after `max_new_tokens`, or at the model's `max_seq_len`; the batch ends
     when every row has stopped. `on_token(row, token)` sees each kept token as it is chosen.
+    `agree(ids)` may replace the chosen ids (B,) before they are used: ranks decoding a sharded
+    model broadcast rank 0's, so all run the same number of steps (train/heldout.py).
     """
     stop = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
     T = len(prompts[0])
@@ -61,12 +64,15 @@ def generate_batch(
         model.setup_caches(B, total)
     tokens = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, T)
     # Prefill: the whole prompt into the cache, logits for its last position only.
-    logits = model(tokens, input_pos=torch.arange(T, device=device), last_only=True)  # (B, 1, vocab)
+    logits = model.prefill(tokens, torch.arange(T, device=device))  # (B, 1, vocab)
     new: list[list[int]] = [[] for _ in prompts]
     running = [True] * B
     pos = T
     while True:
-        next_ids = [sample_next(logits[i, -1], temperature, top_p, generator) for i in range(B)]
+        chosen = sample_next(logits[:, -1], temperature, top_p, generator)  # (B,) on the device
+        if agree is not None:
+            chosen = agree(chosen)
+        next_ids = chosen.tolist()  # the one host read per generated token
         for i, tok in enumerate(next_ids):
             if not running[i]:
                 continue
@@ -81,8 +87,7 @@ def generate_batch(
         if not any(running):
             return new
         # Stopped rows keep decoding their last token; their outputs are already final.
-        step = torch.tensor(next_ids, dtype=torch.long, device=device)[:, None]  # (B, 1)
-        logits = model(step, input_pos=torch.tensor([pos], device=device))  # (B, 1, vocab)
+        logits = model.decode(chosen[:, None], torch.tensor([pos], device=device))  # (B, 1, vocab)
         pos += 1
 
 
@@ -95,8 +100,9 @@ def generate(
     eos_id: int | Collection[int] | None = None,
     on_token: Callable[[int], None] | None = None,
     generator: torch.Generator | None = None,
+    agree: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[int]:
-    """One prompt: `generate_batch` with a batch of one (what tools.chat streams from)."""
+    """One prompt: `generate_batch` with a batch of one (tools.chat, held-out samples)."""
     stream = None if on_token is None else (lambda _row, tok: on_token(tok))
     return generate_batch(model, [prompt_ids], max_new_tokens, temperature, top_p, eos_id, stream,
-                          generator)[0]
+                          generator, agree)[0]

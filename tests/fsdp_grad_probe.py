@@ -18,7 +18,8 @@ from model.args import ModelArgs
 from model.llama import Transformer
 from train import parallel
 from train.config import ParallelConfig
-from train.step import set_gradient_sync
+from train.distributed import init_distributed
+from train.parallel import set_gradient_sync
 
 
 def param_groups(model):
@@ -34,15 +35,15 @@ def fsdp_params(model):
 
 
 def main(fsdp: str, shard_size: int | None) -> None:
-    info = parallel.init_distributed()
+    info = init_distributed()
     pcfg = ParallelConfig(fsdp=fsdp, shard_size=shard_size, mixed_precision="fp32")
     mesh = parallel.build_mesh(pcfg, info)
     torch.manual_seed(0)
     model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=64, multiple_of=16, max_seq_len=16))
     parallel.apply_fsdp(model, mesh, pcfg)
     tokens = torch.randint(0, 64, (2, 8))
-    set_gradient_sync(model, pcfg, last_micro_batch=False)  # micro-batch 1 of 2
-    model(tokens, labels=tokens).backward()
+    set_gradient_sync(model, last_micro_batch=False)  # micro-batch 1 of 2
+    model(tokens, tokens).backward()
     unsharded = sharded = 0
     for p in fsdp_params(model):
         held = p.unsharded_accumulated_grad is not None

@@ -39,9 +39,9 @@ def _model(n_kv_heads, dim=32):
 
 def _target_losses(model, batch, attn):
     """Per-target-token losses in reading order (row by row), and the logits."""
-    logits = model(batch["tokens"], batch["positions"], attn).float()
-    losses = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=M, reduction="none")
-    return losses[batch["labels"].flatten() != M], logits
+    logits = model.logits(batch.tokens, batch.positions, attn).float()
+    losses = F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=M, reduction="none")
+    return losses[batch.labels.flatten() != M], logits
 
 
 def _padded_oracle(model, examples):
@@ -54,12 +54,12 @@ def _padded_oracle(model, examples):
 def test_packed_losses_and_gradients_equal_the_padded_batch(backend, n_kv_heads):
     model, examples = _model(n_kv_heads), _examples()
     packed = collate_packed(examples, pack_len=64, pad_id=2)
-    assert packed["tokens"].shape[0] < len(examples) and packed["tokens"].shape[0] > 1  # several rows
+    assert packed.tokens.shape[0] < len(examples) and packed.tokens.shape[0] > 1  # several rows
     oracle = _padded_oracle(model, examples)
     oracle.sum().backward()
     oracle_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    losses, _ = _target_losses(model, packed, build_attention(packed["document_ids"], backend))
+    losses, _ = _target_losses(model, packed, build_attention(packed.document_ids, backend))
     torch.testing.assert_close(losses, oracle, rtol=1e-5, atol=1e-6)
     losses.sum().backward()
     for name, p in model.named_parameters():
@@ -70,13 +70,13 @@ def test_packed_losses_and_gradients_equal_the_padded_batch(backend, n_kv_heads)
 def test_changing_one_document_leaves_every_other_bit_identical(backend):
     model, examples = _model(2), _examples(n=5, seed=3)
     batch = collate_packed(examples, pack_len=128, pad_id=2)
-    assert batch["tokens"].shape[0] == 1 and len(document_segments(batch["document_ids"])[0]) >= 5
-    second = batch["document_ids"][0] == 1  # a document in the middle of the row
-    perturbed = batch["tokens"].clone()
+    assert batch.tokens.shape[0] == 1 and len(document_segments(batch.document_ids)[0]) >= 5
+    second = batch.document_ids[0] == 1  # a document in the middle of the row
+    perturbed = batch.tokens.clone()
     perturbed[0, second] = (perturbed[0, second] + 7) % 47 + 3
     with torch.no_grad():
-        before = model(batch["tokens"], batch["positions"], build_attention(batch["document_ids"], backend))
-        after = model(perturbed, batch["positions"], build_attention(batch["document_ids"], backend))
+        before = model.logits(batch.tokens, batch.positions, build_attention(batch.document_ids, backend))
+        after = model.logits(perturbed, batch.positions, build_attention(batch.document_ids, backend))
     assert not torch.equal(before[0, second], after[0, second])  # the change is real
     assert torch.equal(before[0, ~second], after[0, ~second])  # and nothing else moved a bit
 
@@ -91,13 +91,6 @@ def test_unknown_backend_is_refused():
         build_attention(torch.zeros(1, 4, dtype=torch.long), "flash")
 
 
-def test_a_tensor_in_the_attention_slot_is_refused():
-    model = _model(2)
-    ids = torch.zeros(1, 4, dtype=torch.long)
-    with pytest.raises(TypeError, match="document_ids="):
-        model(ids, None, ids)
-
-
 @needs_cxx
 @pytest.mark.slow
 @pytest.mark.parametrize("n_kv_heads", [2, 4], ids=["gqa", "mha"])
@@ -106,7 +99,7 @@ def test_compiled_flex_forward_on_cpu_equals_the_padded_batch(n_kv_heads):
     packed = collate_packed(examples, pack_len=64, pad_id=2)
     with torch.no_grad():
         oracle = _padded_oracle(model, examples)
-        losses, _ = _target_losses(model, packed, build_attention(packed["document_ids"], "flex"))
+        losses, _ = _target_losses(model, packed, build_attention(packed.document_ids, "flex"))
     torch.testing.assert_close(losses, oracle, rtol=1e-5, atol=1e-6)
 
 
@@ -126,7 +119,7 @@ def test_flex_inside_compiled_layers_equals_the_padded_batch_and_compiles_once()
     for seed in (4, 5):
         examples = _examples(n=6, seed=seed)
         packed = collate_rows([examples[:3], examples[3:]], pack_len=80, pad_id=2)
-        losses, _ = _target_losses(model, packed, build_attention(packed["document_ids"], "flex"))
+        losses, _ = _target_losses(model, packed, build_attention(packed.document_ids, "flex"))
         torch.testing.assert_close(losses, _padded_oracle(eager, examples), rtol=1e-5, atol=1e-6)
         count = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert count > 0 and (graphs is None or count == graphs)
@@ -167,7 +160,7 @@ def test_flex_on_cuda_forward_and_backward_equal_the_padded_batch(n_kv_heads):
     oracle.sum().backward()
     oracle_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    attn = build_attention(packed["document_ids"], "auto", "cuda")
+    attn = build_attention(packed.document_ids, "auto", "cuda")
     assert type(attn).__name__ == "FlexDocuments"
     losses, _ = _target_losses(model, packed, attn)
     torch.testing.assert_close(losses, oracle, rtol=1e-5, atol=1e-5)
@@ -188,8 +181,8 @@ def test_cuda_prefill_and_decode_run_without_the_math_kernel(dtype):
     model.setup_caches(2, 32)
     try:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
-            model(seq[:, :12], input_pos=torch.arange(12, device="cuda"))
+            model.prefill(seq[:, :12], torch.arange(12, device="cuda"))
             for t in range(12, 20):
-                model(seq[:, t:t + 1], input_pos=torch.tensor([t], device="cuda"))
+                model.decode(seq[:, t:t + 1], torch.tensor([t], device="cuda"))
     finally:
         model.reset_caches()

@@ -85,7 +85,7 @@ def test_to_hf_output_loads_in_transformers_with_the_same_logits(project_ckpt, t
     hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     tokens = _tokens(400)
     with torch.no_grad():
-        diff = max_abs_diff(hf(tokens).logits, load_model(project_ckpt)(tokens))
+        diff = max_abs_diff(hf(tokens).logits, load_model(project_ckpt).logits(tokens))
     print(f"\nPARITY to-hf (GQA + llama3 rope): max|dlogit| = {diff:.3e}")
     assert diff <= TOL
 
@@ -133,7 +133,7 @@ def test_legacy_non_zip_pth_files_are_read_without_mmap(tmp_path):
     assert convert(["meta", str(src), str(tmp_path / "ckpt")]) == 0
     tokens = _tokens(256)
     with torch.no_grad():
-        assert max_abs_diff(load_model(tmp_path / "ckpt")(tokens), hf(tokens).logits) <= TOL
+        assert max_abs_diff(load_model(tmp_path / "ckpt").logits(tokens), hf(tokens).logits) <= TOL
 
 
 # ------------------------------------------------------------------ bad input

@@ -69,8 +69,8 @@ def test_best_fit_rows_cover_the_stream_and_delay_an_example_by_at_most_one_wind
 
 def test_batches_carry_each_rows_document_lengths():
     a, b, c = ([1, 5, 6], [M, 6, 2]), ([1, 7], [M, 2]), ([1, 8, 9, 10], [M, M, 10, 2])
-    assert collate_packed([a, b, c], pack_len=6, pad_id=0)["doc_lens"] == [[3, 2], [4]]
-    assert collate_padded([a, b], pad_id=0)["doc_lens"] == [[3], [2]]
+    assert collate_packed([a, b, c], pack_len=6, pad_id=0).doc_lens == [[3, 2], [4]]
+    assert collate_padded([a, b], pad_id=0).doc_lens == [[3], [2]]
 
 
 BEST = {"pack_len": 400, "pack_strategy": "best_fit", "pack_window": 20}
@@ -129,10 +129,10 @@ def test_loader_packs_best_fit_by_default_and_resumes_the_exact_batches(tmp_path
         streams = [iter(loader) for loader in ranks]
         for want in expected:
             got = [next(s) for s in streams]
-            tokens = np.concatenate([g["tokens"].numpy() for g in got])
-            assert (tokens == want["tokens"].numpy()).all()
-            assert sum((g["doc_lens"] for g in got), []) == want["doc_lens"]
-            assert sum(g["num_targets"] for g in got) == want["num_targets"]
+            tokens = np.concatenate([g.tokens.numpy() for g in got])
+            assert (tokens == want.tokens.numpy()).all()
+            assert sum((g.doc_lens for g in got), []) == want.doc_lens
+            assert sum(g.num_targets for g in got) == want.num_targets
 
 
 @pytest.mark.parametrize("cfg, message", [

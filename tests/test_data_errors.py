@@ -99,4 +99,4 @@ def test_too_little_data_for_one_step_is_a_clear_error(tmp_path):
                           world_size=2, rank=1)
     with pytest.raises(DataError, match="3 examples cannot fill one optimizer step of 4 examples"):
         loader.steps_per_epoch()
-    assert sum(b["num_targets"] for b in loader.one_pass()) == len("Hi.") + 1  # rank 1's one example
+    assert sum(b.num_targets for b in loader.one_pass()) == len("Hi.") + 1  # rank 1's one example

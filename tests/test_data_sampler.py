@@ -123,8 +123,8 @@ def test_loader_resumes_the_exact_batches(tmp_path):
     b = AlpacaLoader(cfg, tok, micro_batch_size=4, seed=1, grad_accum=2)
     b.load_state_dict(state)
     for want, got in zip(expected, iter(b), strict=False):
-        assert got["tokens"].equal(want["tokens"]) and got["labels"].equal(want["labels"])
-        assert got["num_targets"] == want["num_targets"]
+        assert got.tokens.equal(want.tokens) and got.labels.equal(want.labels)
+        assert got.num_targets == want.num_targets
 
 
 def test_loader_mixes_files_by_weight_and_packs(tmp_path):
@@ -135,7 +135,7 @@ def test_loader_mixes_files_by_weight_and_packs(tmp_path):
     loader = AlpacaLoader(cfg, tok, micro_batch_size=1)
     assert loader.stats["examples"] == 2 * 30 + 15
     batch = next(iter(loader))
-    assert batch["tokens"].shape[1] == 1024 and batch["positions"] is not None
+    assert batch.tokens.shape[1] == 1024 and batch.positions is not None
     counts = np.bincount(loader.dataset.index, minlength=60)
     assert (counts[:30] == 2).all() and counts[30:].sum() == 15 and counts[30:].max() == 1
 
@@ -150,13 +150,13 @@ def test_one_pass_sees_every_example_once_with_equal_batches_per_rank(tmp_path, 
     seen = []
     for batches in ranks:
         for b in batches:
-            for row in b["tokens"].tolist():
+            for row in b.tokens.tolist():
                 text = tok.decode(row)  # each of the 60 instructions "q<file><index>" is unique
                 seen += [w for w in text.replace("\n", " ").split() if w.startswith("q") and w[1:].isdigit()]
     assert sorted(seen) == sorted(f"q{k}{i}" for k in range(2) for i in range(30))
     records = [r for p in cfg.paths for r in json.loads(Path(p).read_text())]
     expected_targets = sum(len(r["output"]) + 1 for r in records)  # output chars + EOS
-    assert sum(b["num_targets"] for batches in ranks for b in batches) == expected_targets
+    assert sum(b.num_targets for batches in ranks for b in batches) == expected_targets
 
 
 def test_loader_refuses_a_state_saved_on_other_data(tmp_path):

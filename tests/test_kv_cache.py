@@ -36,13 +36,13 @@ def _ids(n: int, seed: int, batch: int = 1) -> torch.Tensor:
 def test_cached_decoding_equals_full_recompute(models):
     ours, hf = models
     seq = _ids(40, seed=0, batch=2)  # (2, 40): a 12-token prompt, then 28 single-token steps
-    full = ours(seq)
+    full = ours.logits(seq)
     reference = hf(seq).logits
     ours.setup_caches(max_batch_size=2, max_seq_len=64)
     try:
-        step_logits = [ours(seq[:, :12], input_pos=torch.arange(12))]
+        step_logits = [ours.decode(seq[:, :12], torch.arange(12))]
         for t in range(12, 40):
-            step_logits.append(ours(seq[:, t:t + 1], input_pos=torch.tensor([t])))
+            step_logits.append(ours.decode(seq[:, t:t + 1], torch.tensor([t])))
     finally:
         ours.reset_caches()
     cached = torch.cat(step_logits, dim=1)  # (2, 40, vocab)

@@ -88,7 +88,7 @@ def test_to_hf_has_the_same_logits_and_prompt_ids(run, hf):
     assert hf_tok(rec["output"], add_special_tokens=False)["input_ids"] == tok.encode(rec["output"])
     tokens = torch.tensor([ids + tok.encode(rec["output"])[:40]])
     with torch.no_grad():
-        diff = max_abs_diff(hf_model(tokens).logits, load_model(root / "out" / "final")(tokens))
+        diff = max_abs_diff(hf_model(tokens).logits, load_model(root / "out" / "final").logits(tokens))
     assert diff < 1e-4
     gen = json.loads((root / "hf" / "generation_config.json").read_text())
     assert gen["eos_token_id"] == STOPS and hf_model.config.bos_token_id == 128000

@@ -12,7 +12,7 @@ IGNORE = -100
 
 
 def summed_loss(model, tokens, labels):
-    logits = model(tokens).float()
+    logits = model.logits(tokens).float()
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
 
 

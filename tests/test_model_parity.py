@@ -51,7 +51,7 @@ def _logits_after_hf_convert(hf, tmp_path, tokens, save_kwargs=None):
     hf.save_pretrained(tmp_path / "hf", **(save_kwargs or {}))
     assert convert(["hf", str(tmp_path / "hf"), str(tmp_path / "ckpt")]) == 0
     model = load_model(tmp_path / "ckpt", dtype=torch.float32)
-    return model(tokens), hf(tokens).logits
+    return model.logits(tokens), hf(tokens).logits
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -75,7 +75,7 @@ def test_llama31_rope_scaling_is_carried_over_not_ignored(tmp_path):
     cfg_path.write_text(json.dumps({**cfg, "use_scaled_rope": False}))
     (tmp_path / "ckpt" / "manifest.json").unlink()  # edited on purpose: the manifest would refuse it
     with torch.no_grad():
-        unscaled = load_model(tmp_path / "ckpt")(_tokens(256))
+        unscaled = load_model(tmp_path / "ckpt").logits(_tokens(256))
     assert max_abs_diff(unscaled, ref) > 1e-2
 
 
@@ -91,7 +91,7 @@ def test_sharded_safetensors_and_pytorch_bin_convert_to_the_same_logits(tmp_path
     torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
     assert convert(["hf", str(tmp_path / "bin"), str(tmp_path / "bin_ckpt")]) == 0
     with torch.no_grad():
-        assert max_abs_diff(load_model(tmp_path / "bin_ckpt")(tokens), ref) <= TOL
+        assert max_abs_diff(load_model(tmp_path / "bin_ckpt").logits(tokens), ref) <= TOL
 
 
 # Meta checkpoints, built from the HF reference with the inverse permute and split over ranks.
@@ -122,7 +122,7 @@ def test_meta_model_parallel_shards_convert_to_the_same_logits(style, n_shards, 
     assert convert(["meta", str(src), str(tmp_path / "ckpt")]) == 0
     tokens = _tokens(256)
     with torch.no_grad():
-        ours = load_model(tmp_path / "ckpt")(tokens)
+        ours = load_model(tmp_path / "ckpt").logits(tokens)
         ref = hf(tokens).logits
     diff = max_abs_diff(ours, ref)
     print(f"\nPARITY meta/{style}/{n_shards}-shards: max|dlogit| = {diff:.3e}")

@@ -50,7 +50,7 @@ def memorised(tok):
         y[i, n_prompt - 1: len(s) - 1] = torch.tensor(s[n_prompt:])  # targets: response + EOS
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(300):
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+        loss = F.cross_entropy(model.logits(x).flatten(0, 1), y.flatten(), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -231,7 +231,7 @@ def test_heldout_loss_over_two_ranks_matches_a_direct_computation(setup, straigh
         if len(prompt) >= 64:
             continue
         with torch.no_grad():
-            logits = model(torch.tensor([seq[:-1]]))[0]  # (T - 1, vocab)
+            logits = model.logits(torch.tensor([seq[:-1]]))[0]  # (T - 1, vocab)
         first = len(prompt) - 1  # logits at first predict the first response token
         targets = torch.tensor(seq[first + 1:])
         total += float(F.cross_entropy(logits[first:], targets, reduction="sum"))

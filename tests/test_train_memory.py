@@ -60,9 +60,9 @@ def test_model_loss_path_equals_cross_entropy_of_its_logits(tied):
     tokens = torch.randint(0, 97, (2, 24))
     labels = tokens.roll(-1, dims=1)
     labels[:, :5] = -100
-    ref = F.cross_entropy(model(tokens).float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+    ref = F.cross_entropy(model.logits(tokens).float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
     ref_grads = torch.autograd.grad(ref, list(model.parameters()))
-    got = model(tokens, labels=labels)
+    got = model(tokens, labels)
     grads = torch.autograd.grad(got, list(model.parameters()))
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
     for g, r in zip(grads, ref_grads, strict=True):
@@ -70,12 +70,13 @@ def test_model_loss_path_equals_cross_entropy_of_its_logits(tied):
     # Projecting only the positions that have a target: the same loss and gradients.
     index = (labels.flatten() != -100).nonzero().squeeze(1)
     assert len(index) == labels.numel() - 10
-    got_t = model(tokens, labels=labels, target_index=index)
+    got_t = model(tokens, labels, target_index=index)
     torch.testing.assert_close(got_t, ref, rtol=1e-6, atol=0)
     for g, r in zip(torch.autograd.grad(got_t, list(model.parameters())), ref_grads, strict=True):
         assert_rel(g, r)
     # Prefill's last-position logits are the full forward's last row.
-    torch.testing.assert_close(model(tokens, last_only=True)[:, 0], model(tokens)[:, -1])
+    model.setup_caches(tokens.shape[0], tokens.shape[1])
+    torch.testing.assert_close(model.prefill(tokens, torch.arange(tokens.shape[1]))[:, 0], model.logits(tokens)[:, -1])
 
 
 def _probe(*args: str) -> dict:

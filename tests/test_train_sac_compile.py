@@ -57,9 +57,9 @@ def _packed_batch(seed, n_rows=2, pack_len=64):
 
 
 def _loss(model, batch, backend="auto"):
-    logits = model(batch["tokens"], batch["positions"], build_attention(batch["document_ids"], backend))
-    return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=M,
-                           reduction="sum") / batch["num_targets"]
+    logits = model.logits(batch.tokens, batch.positions, build_attention(batch.document_ids, backend))
+    return F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), ignore_index=M,
+                           reduction="sum") / batch.num_targets
 
 
 class _OpCounter(TorchDispatchMode):

@@ -63,7 +63,7 @@ def bench_train(argv: list[str]) -> int:
     peak = peak_flops(device)
 
     from model.tokenizer import Tokenizer
-    from train.loop import model_args
+    from train.build import model_args
 
     args = model_args(cfg, Tokenizer(cfg.tokenizer or str(Path(cfg.model.init_from) / "tokenizer.model")))
     # Model FLOPs of the measured steps, attention counted per document (train/metrics.py).

@@ -13,6 +13,7 @@ This is how the CPU default of `build_attention(backend="auto")` was chosen (doc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -35,9 +36,10 @@ def packed_batches(ns) -> list[dict]:
     batch = collate_packed(examples, ns.pack_len, tok.pad_id)
     assert IGNORE_INDEX == -100
     # Micro-batches of --rows full packed rows each (the last, partial row dropped).
-    n = (batch["tokens"].shape[0] - 1) // ns.rows
+    n = (batch.tokens.shape[0] - 1) // ns.rows
     keys = ("tokens", "labels", "positions", "document_ids")
-    return [{k: batch[k][i * ns.rows:(i + 1) * ns.rows] for k in keys} for i in range(n)]
+    return [dataclasses.replace(batch, **{k: getattr(batch, k)[i * ns.rows:(i + 1) * ns.rows] for k in keys})
+            for i in range(n)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     model = Transformer(args)
     model.init_weights()
     batches = packed_batches(ns)
-    spans = [sum(map(len, document_segments(b["document_ids"]))) for b in batches]  # padding tail included
+    spans = [sum(map(len, document_segments(b.document_ids))) for b in batches]  # padding tail included
     # Backends take turns on the same batch, step by step (order rotating), so a drift in the
     # machine's speed (a shared host) hits all of them alike.
     times: dict[str, list[float]] = {name: [] for name in ns.backends}
@@ -77,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         k = i % len(ns.backends)
         for backend in ns.backends[k:] + ns.backends[:k]:
             t0 = time.perf_counter()
-            attn = Causal() if backend == "causal" else build_attention(b["document_ids"], backend)
-            logits = model(b["tokens"], b["positions"], attn)
-            loss = F.cross_entropy(logits.flatten(0, 1), b["labels"].flatten(), ignore_index=-100)
+            attn = Causal() if backend == "causal" else build_attention(b.document_ids, backend)
+            logits = model.logits(b.tokens, b.positions, attn)
+            loss = F.cross_entropy(logits.flatten(0, 1), b.labels.flatten(), ignore_index=-100)
             loss.backward()
             model.zero_grad(set_to_none=True)
             if i >= ns.warmup:

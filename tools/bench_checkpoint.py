@@ -34,16 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     from model.manifest import check_checksums, check_sizes, read_manifest
     from model.tokenizer import Tokenizer
     from train import checkpoint as ckpt
-    from train import parallel
+    from train.build import build_training, model_args
     from train.config import load_config
-    from train.loop import build_model, model_args
-    from train.optim import build_optimizer
+    from train.distributed import init_distributed
 
     cfg = load_config(ns.config, ns.overrides)
-    info = parallel.init_distributed()
+    info = init_distributed()
     args = model_args(cfg, Tokenizer(cfg.tokenizer))
-    model = build_model(cfg, args, parallel.build_mesh(cfg.parallel, info), info)
-    optimizer = build_optimizer(model, cfg.optim)
+    model, optimizer, _ = build_training(cfg, args, info, total_steps=1)
     root = Path(ns.dir)
     shutil.rmtree(root, ignore_errors=True)
 

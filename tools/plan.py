@@ -25,10 +25,10 @@ from pathlib import Path
 
 
 def _model_args(cfg, preset: str | None):
-    """The trainer's own ModelArgs (train.loop.args_from_config); vocab 32000 unless the config
+    """The trainer's own ModelArgs (train.build.args_from_config); vocab 32000 unless the config
     pins it, since the planner reads no tokenizer."""
     from model.args import ModelArgs
-    from train.loop import args_from_config
+    from train.build import args_from_config
 
     if preset:
         return ModelArgs.preset(preset)
@@ -65,25 +65,23 @@ def measure(cfg, args, steps: int = 3) -> dict:
     """Peak memory of `steps` optimizer steps of this config on random tokens (this process)."""
     import torch
 
-    from train import parallel
-    from train.loop import build_model
-    from train.optim import build_optimizer, build_scheduler
+    from data.collate import Batch
+    from train.build import build_training
+    from train.distributed import init_distributed
     from train.plan import tokens_per_micro_batch
-    from train.step import prepare_batch, train_step
+    from train.step import prepare_step, train_step
 
-    info = parallel.init_distributed()
-    mesh = parallel.build_mesh(cfg.parallel, info)
+    info = init_distributed()
     micro = cfg.batch.micro_batch_size
     T = tokens_per_micro_batch(cfg) // micro
     g = torch.Generator().manual_seed(0)
 
-    def batch() -> dict:
+    def batch() -> Batch:
         tokens = torch.randint(0, args.vocab_size, (micro, T), generator=g)
-        return prepare_batch({"tokens": tokens, "labels": tokens.roll(-1, 1), "positions": None,
-                              "document_ids": None, "num_targets": micro * T, "num_tokens": micro * T},
-                             info.device, cfg.parallel.attention)
+        return Batch(tokens, tokens.roll(-1, 1), None, None, micro * T, micro * T, [[T]] * micro)
 
-    batches = [[batch() for _ in range(cfg.batch.grad_accum)] for _ in range(steps)]
+    batches = [prepare_step([batch() for _ in range(cfg.batch.grad_accum)], info.device, cfg.parallel.attention)
+               for _ in range(steps)]
     _warm_up(info.device)
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(info.device)
@@ -91,11 +89,9 @@ def measure(cfg, args, steps: int = 3) -> dict:
     else:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         base = _status_kb("VmRSS") * 1024
-    model = build_model(cfg, args, mesh, info)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, steps)
-    for mbs in batches:
-        train_step(model, optimizer, scheduler, mbs, cfg.parallel, cfg.optim.grad_clip, None, info.device)
+    model, optimizer, scheduler = build_training(cfg, args, info, steps)
+    for step_batches in batches:
+        train_step(model, optimizer, scheduler, step_batches, cfg.optim.grad_clip)
     if info.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(info.device) - base
         kind = "cuda max_memory_allocated"

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from data.alpaca import DataError
     from model.checkpoint import CheckpointError
     from train.checkpoint import ResumeError, SaveError
-    from train.loop import TrainingError, train
+    from train.loop import train
+    from train.run import TrainingError
 
     try:
         train(cfg)

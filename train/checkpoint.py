@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
@@ -55,37 +54,14 @@ from model.manifest import (
     list_files,
     write_manifest,
 )
+from train.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from train.faults import fault_point, faulty_filesystem
-from train.parallel import DistInfo, clean_name
-from train.verify import (  # noqa: F401  (resolve_resume, clean_partial, ResumeError: the loop's API)
-    ResumeError,
-    checkpoint_problem,
-    clean_partial,
-    complete_checkpoints,
-    current_world_size,
-    gather_from_all_ranks,
-    prune,
-    resolve_resume,
-    size_problem,
-    verified_checkpoints,
-)
+from train.parallel import clean_name
+from train.verify import ResumeError, checkpoint_problem, prune, verified_checkpoints
 
 
 class SaveError(RuntimeError):
     """A checkpoint could not be written (full disk, quota, permissions); one line, exit 1."""
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _broadcast(obj: Any) -> Any:
-    if current_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _one_line(e: BaseException) -> str:
@@ -125,7 +101,7 @@ def _fail_together(local: BaseException | None, what: str, info: DistInfo, root:
     removes the partial directory; earlier checkpoints are never touched)."""
     mine = None if local is None else (_one_line(local) if isinstance(local, CheckpointException)
                                        else f"rank {info.rank}: {_one_line(local)}")
-    errors = [e for e in gather_from_all_ranks(mine) if e]
+    errors = [e for e in gather_objects(mine) if e]
     if not errors:
         return
     if info.is_main:
@@ -188,13 +164,13 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
 
     # Hash the files between the ranks (rank 0 lists them: on shared storage a listing on
     # another node may lag), then rank 0 writes the manifest last and renames.
-    names = _broadcast(list_files(tmp) if info.is_main else None)
+    names = broadcast_object(list_files(tmp) if info.is_main else None)
     entries: dict = {}
     try:
         entries = describe(tmp, names[info.rank::info.world_size])
     except Exception as e:
         err = e
-    files = {k: v for part in gather_from_all_ranks(entries) for k, v in part.items()}
+    files = {k: v for part in gather_objects(entries) for k, v in part.items()}
     _fail_together(err, "hashing the files", info, root, final, tmp)
 
     if info.is_main:
@@ -216,7 +192,7 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
     _fail_together(err, "committing the manifest", info, root, final, tmp)
     if info.is_main:
         prune(root, keep)
-    _barrier()
+    barrier()
     return final
 
 
@@ -268,7 +244,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, i
         train_state = torch.load(part, weights_only=True)
     except Exception as e:
         problem = f"{part}: cannot read ({_one_line(e)})"
-    problems = [p for p in gather_from_all_ranks(problem) if p]
+    problems = [p for p in gather_objects(problem) if p]
     if problems:
         raise ResumeError(f"resume: {problems[0]}")
     if train_state["world_size"] != info.world_size:
@@ -316,7 +292,7 @@ def export(model: torch.nn.Module, args: ModelArgs, out_dir: Path, tokenizer_pat
             err = e
     for _ in tensors:  # the rest of the collectives (all of them on ranks > 0)
         pass
-    errors = [e for e in gather_from_all_ranks(None if err is None else _one_line(err)) if e]
+    errors = [e for e in gather_objects(None if err is None else _one_line(err)) if e]
     if errors:
         good = verified_checkpoints(out_dir.parent / "checkpoints")
         newest = f"newest good checkpoint {good[-1][1]}" if good else "no resumable checkpoint (checkpoint.every=0?)"

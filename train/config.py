@@ -15,6 +15,7 @@ Schema (YAML, every section optional; defaults below):
     resume: none                 # none | auto (newest complete checkpoint in output_dir) | PATH
     tokenizer: null              # sentencepiece model; init_from's tokenizer.model when null
     max_nonfinite: 3             # stop after this many non-finite steps in a row (each is skipped)
+    overwrite: false             # a fresh run may replace the results of an earlier one in output_dir
     model:
       preset: debug              # a name in model.args.PRESETS, or null (default)
       init_from: null            # a project checkpoint dir to fine-tune (its config.json wins)
@@ -39,9 +40,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+
+from model.attention import Backend
 
 
 class ConfigError(ValueError):
@@ -58,7 +61,7 @@ class ModelConfig:
     # for any world size); "device" initialises each rank's shards in place (for models too big
     # to hold on the host once per rank; the weights then depend on the world size); "auto" is
     # host up to train.loop.HOST_INIT_MAX_PARAMS (1B) and device above.
-    init_on: str = "auto"
+    init_on: Literal["auto", "host", "device"] = "auto"
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,7 +75,7 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_ratio: float = 0.03  # warmup steps = ceil(ratio * total steps), as HF's Trainer does
     grad_clip: float = 1.0  # max global grad norm; 0 = no clipping (the norm is still reported)
-    schedule: str = "cosine"  # cosine | linear | constant (all after linear warmup)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # all after linear warmup
     min_lr_ratio: float = 0.0  # floor of the decay, as a fraction of lr
 
 
@@ -84,20 +87,21 @@ class BatchConfig:
 
 @dataclass
 class ParallelConfig:
-    fsdp: str = "full"  # full (shard over all ranks) | hybrid (shard in a node, replicate across) | none
+    fsdp: Literal["full", "hybrid", "none"] = "full"  # full (shard over all ranks) | hybrid (shard in a node, replicate across) | none
     shard_size: int | None = None  # hybrid: ranks per shard group; default LOCAL_WORLD_SIZE
-    mixed_precision: str = "bf16"  # bf16 (fp32 master + fp32 reduce) | fp32 | pure_bf16
-    activation_checkpointing: str = "none"  # none | selective (save matmuls) | full (every layer) | every_n
+    mixed_precision: Literal["bf16", "fp32", "pure_bf16"] = "bf16"  # bf16 (fp32 master + fp32 reduce) | fp32 | pure_bf16
+    # none | selective (save matmuls) | full (every layer) | every_n
+    activation_checkpointing: Literal["none", "selective", "full", "every_n"] = "none"
     ac_every_n: int = 2  # with every_n: checkpoint layers 0, n, 2n, ...
     compile: bool = False  # torch.compile each decoder layer
     # How packed rows attend (model/attention.py): auto = flex on CUDA, one SDPA call per
     # document on CPU | flex | documents | dense (one (B, 1, T, T) mask)
-    attention: str = "auto"
+    attention: Backend = "auto"
     tf32: bool = True  # TF32 matmuls on Ampere+ (no effect on CPU)
     # Before the model is built, tools.plan's prediction is checked against each device's memory
     # (memory_gb, default: the GPU's own; on a CPU only when memory_gb is given): error stops
     # with one line naming the smallest change that fits; warn prints it and starts anyway.
-    memory_check: str = "error"  # error | warn | off
+    memory_check: Literal["error", "warn", "off"] = "error"
     memory_gb: float | None = None
 
 
@@ -106,9 +110,9 @@ class CheckpointConfig:
     every: int = 0  # save a resumable sharded checkpoint every N steps; 0 = only on SIGTERM
     keep: int = 2  # newest K kept
     export: bool = True  # consolidated project checkpoint in <output_dir>/final at the end
-    export_dtype: str = "fp32"  # fp32 | bf16 | fp16
-    verify: str = "checksums"  # resume checks: checksums (SHA-256 of every byte) | sizes (stat only, huge ckpts)
-    on_error: str = "stop"  # a failed periodic save: stop (exit 1) | warn (log it, keep training)
+    export_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    verify: Literal["checksums", "sizes"] = "checksums"  # resume checks: checksums (SHA-256 of every byte) | sizes (stat only, huge ckpts)
+    on_error: Literal["stop", "warn"] = "stop"  # a failed periodic save: stop (exit 1) | warn (log it, keep training)
 
 
 @dataclass
@@ -142,6 +146,10 @@ class TrainConfig:
     resume: str = "none"
     tokenizer: str | None = None
     max_nonfinite: int = 3
+    overwrite: bool = False  # a fresh run may replace an earlier run's results in output_dir
+    # Written by the trainer, never read as settings: on each resume, the keys that changed
+    # since the checkpoint and the step they took effect from (train/run.py).
+    changes: list[dict] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: Any = None  # data.config.DataConfig, filled in by load_config
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -150,20 +158,6 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-CHOICES = {
-    "parallel.fsdp": ("full", "hybrid", "none"),
-    "parallel.mixed_precision": ("bf16", "fp32", "pure_bf16"),
-    "parallel.activation_checkpointing": ("none", "selective", "full", "every_n"),
-    "parallel.attention": ("auto", "flex", "documents", "dense"),
-    "optim.schedule": ("cosine", "linear", "constant"),
-    "checkpoint.export_dtype": ("fp32", "bf16", "fp16"),
-    "model.init_on": ("auto", "host", "device"),
-    "parallel.memory_check": ("error", "warn", "off"),
-    "checkpoint.verify": ("checksums", "sizes"),
-    "checkpoint.on_error": ("stop", "warn"),
-}
 
 
 # ---------------------------------------------------------------- typed filling
@@ -179,6 +173,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if origin is Literal:  # the one declaration of a key's allowed values
+        allowed = typing.get_args(tp)
+        if value in allowed:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"config key '{where}' must be one of {', '.join(map(str, allowed))}, got '{value}'{hint}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -314,14 +315,6 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
 
 def _check(cfg: TrainConfig) -> None:
     """Value checks that types alone cannot express."""
-    for dotted, allowed in CHOICES.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"config key '{dotted}' must be one of {', '.join(allowed)}, "
-                              f"got '{value}'{hint}")
     positive = {"batch.micro_batch_size": cfg.batch.micro_batch_size, "batch.grad_accum": cfg.batch.grad_accum,
                 "log.every": cfg.log.every, "checkpoint.keep": cfg.checkpoint.keep,
                 "parallel.ac_every_n": cfg.parallel.ac_every_n, "max_nonfinite": cfg.max_nonfinite}
@@ -364,3 +357,32 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
     os.replace(tmp, path)
+
+
+# On resume, keys whose change would alter what the saved state means are refused (model shape,
+# data, batch split, seed, template, ...); every other key (lr and schedule, max_steps, epochs,
+# eval, checkpoint cadence, logging, parallel layout) is applied from the resumed step.
+REFUSED_ON_RESUME = ("model.", "data.", "batch.", "seed", "tokenizer", "parallel.mixed_precision")
+IGNORED_ON_RESUME = ("resume", "output_dir", "changes", "overwrite", "data.cache_dir", "data.num_proc")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def resume_changes(saved: dict, new: dict) -> tuple[dict, dict]:
+    """(refused, applied): dotted key -> (saved value, new value) for every key that differs."""
+    old, cur = _flat(saved), _flat(new)
+    refused, applied = {}, {}
+    for key in sorted(set(old) | set(cur)):
+        if key.startswith(IGNORED_ON_RESUME) or old.get(key) == cur.get(key):
+            continue
+        target = refused if key.startswith(REFUSED_ON_RESUME) else applied
+        target[key] = (old.get(key), cur.get(key))
+    return refused, applied

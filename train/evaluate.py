@@ -130,7 +130,7 @@ def evaluate_on_ranks(ckpt: Path, tokenizer: Tokenizer, records: list[dict[str, 
     not fit, the evaluation is skipped with one line saying how to run it afterwards.
     """
     from model.checkpoint import load_args, load_model
-    from train.parallel import all_reduce_sum
+    from train.distributed import all_reduce_sum
 
     need = load_args(ckpt).num_params() * torch.finfo(dtype).bits / 8
     ok, room = _fits(need, info.device, info.local_world_size)

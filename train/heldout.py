@@ -8,7 +8,8 @@ import torch.distributed as dist
 
 from data.alpaca import encode_prompt
 from data.prompts import format_prompt
-from train.parallel import all_reduce_sum
+from model.sampling import generate
+from train.distributed import all_reduce_sum, world_size
 from train.step import prepare_batch
 
 
@@ -19,42 +20,38 @@ def heldout_loss(model: torch.nn.Module, loader, max_batches: int, device: torch
     model.eval()
     loss_sum, targets = torch.zeros((), dtype=torch.float64, device=device), 0
     # one_pass(): every held-out example once, the same number of batches on every rank.
-    for i, b in enumerate(loader.one_pass()):
+    for i, batch in enumerate(loader.one_pass()):
         if max_batches > 0 and i >= max_batches:
             break
-        b = prepare_batch(b, device, attention)
+        mb = prepare_batch(batch, device, attention)
         # The training loss's own chunked cross-entropy (model/loss.py), summed on the device.
-        loss_sum += model(b["tokens"], b["positions"], b["attn"], labels=b["labels"],
-                          target_index=b["target_index"]).double()
-        targets += b["num_targets"]
+        loss_sum += model(mb.tokens, mb.labels, mb.positions, mb.attn, mb.target_index).double()
+        targets += mb.num_targets
     total, count = all_reduce_sum([float(loss_sum), targets], device)
     model.train()
     return {"eval_loss": total / max(count, 1), "eval_targets": count}
 
 
+def _rank0_tokens(ids: torch.Tensor) -> torch.Tensor:
+    """Every rank continues with rank 0's choice, so all run the same number of sharded forwards
+    even if their logits differ in the last bit."""
+    if world_size() > 1:
+        dist.broadcast(ids, src=0)
+    return ids
+
+
 @torch.no_grad()
 def sample_responses(model: torch.nn.Module, tokenizer, records: list[dict], template: str,
-                     max_new_tokens: int, device: torch.device) -> list[tuple[str, str]]:
-    """Greedy continuations of a few held-out prompts, for a human glance in TensorBoard.
-
-    No KV cache here: the cache would live outside FSDP's parameter handling, and a handful of
-    short generations every eval is cheap. Rank 0's token choice is broadcast each step so all
-    ranks stay in lockstep (same number of forwards) even if logits differed in the last bit."""
+                     max_new_tokens: int, dtype: torch.dtype) -> list[tuple[str, str]]:
+    """Greedy continuations of a few held-out prompts with the KV cache, for a human glance in
+    TensorBoard. The cache lives only for these calls (`dtype`: the compute dtype)."""
     model.eval()
     out = []
-    max_len = model.args.max_seq_len if hasattr(model, "args") else 2048
     for rec in records:
-        prompt = format_prompt(rec, template)
         ids = encode_prompt(tokenizer, rec, template)
-        new: list[int] = []
-        while len(new) < max_new_tokens and len(ids) + len(new) < max_len:
-            x = torch.tensor([ids + new], dtype=torch.long, device=device)  # (1, T)
-            tok = model(x, last_only=True)[0, -1].float().argmax().reshape(1)
-            if dist.is_initialized() and dist.get_world_size() > 1:
-                dist.broadcast(tok, src=0)
-            if int(tok) in tokenizer.stop_ids:
-                break
-            new.append(int(tok))
-        out.append((prompt, tokenizer.decode(new)))
+        model.setup_caches(1, min(len(ids) + max_new_tokens, model.args.max_seq_len), dtype=dtype)
+        new = generate(model, ids, max_new_tokens, eos_id=tokenizer.stop_ids, agree=_rank0_tokens)
+        out.append((format_prompt(rec, template), tokenizer.decode(new)))
+    model.reset_caches()
     model.train()
     return out

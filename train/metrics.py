@@ -48,28 +48,28 @@ def model_flops(args: ModelArgs, tokens: float, attention_pairs: float, targets:
     return flops
 
 
-def document_lengths(batch: dict) -> torch.Tensor:
+def document_lengths(batch) -> torch.Tensor:
     """Lengths of the real documents of a batch (1-D LongTensor), read from the batch on the host.
 
     Packed rows: runs of equal `document_ids`; a run without any target is the padding tail
     (every example has at least one target). Unpacked rows (document_ids None): each row is one
     right-padded example, of length 1 + the index of its last target.
     """
-    labels = batch["labels"]
+    labels = batch.labels
     has_target = labels != IGNORE_INDEX  # (B, T)
     B, T = labels.shape
-    if batch.get("document_ids") is None:
+    if batch.document_ids is None:
         idx = torch.arange(1, T + 1).expand(B, T)
         lengths = torch.where(has_target, idx, 0).amax(dim=1)
         return lengths[lengths > 0]
     # One key per (row, document): runs never merge across rows.
-    keys = (batch["document_ids"] + torch.arange(B)[:, None] * (T + 1)).flatten()
+    keys = (batch.document_ids + torch.arange(B)[:, None] * (T + 1)).flatten()
     _, inverse, counts = torch.unique_consecutive(keys, return_inverse=True, return_counts=True)
     targets = torch.zeros(len(counts), dtype=torch.long).index_add_(0, inverse, has_target.flatten().long())
     return counts[targets > 0]
 
 
-def attention_pairs(batch: dict) -> int:
+def attention_pairs(batch) -> int:
     """sum of L_i^2 over the batch's documents: the (query, key) pairs that attention FLOPs scale with."""
     return int((document_lengths(batch) ** 2).sum())
 

@@ -54,3 +54,16 @@ def lr_factor(i: int, total: int, warmup: int, schedule: str, min_ratio: float =
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LambdaLR:
     warm = warmup_steps(total_steps, cfg.warmup_ratio)
     return LambdaLR(optimizer, lambda i: lr_factor(i, total_steps, warm, cfg.schedule, cfg.min_lr_ratio))
+
+
+def set_schedule(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, cfg: OptimConfig, step: int) -> None:
+    """Point a schedule built from this config (`build_scheduler`) at `step`. On resume the
+    checkpoint's optimizer state brings its own lr and hyper-parameters; this run's config must
+    win, so a longer run or a lower lr does what it says. LambdaLR computes base_lr * factor(step)
+    afresh at every step (not chained), so an unchanged config gives the same bits."""
+    scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    scheduler.last_epoch = step
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group.update(lr=cfg.lr * factor(step), initial_lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
+                     weight_decay=cfg.weight_decay)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

@@ -1,9 +1,6 @@
-"""Process group, device mesh, FSDP2 and activation checkpointing.
+"""Device mesh, FSDP2, activation checkpointing and compile: how the model is spread and wrapped
+(the process group itself is train/distributed.py).
 
-Everything distributed lives here so `loop.py` reads as plain single-device training:
-- `init_distributed()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR ...)
-  and picks NCCL on CUDA, gloo on CPU. Without torchrun it starts a one-process gloo group, so the
-  same code path (FSDP included) runs under `python -m train`.
 - `build_mesh()` makes a 2-D mesh ("replicate", "shard"). Full shard = (1, world); hybrid shard =
   (world / shard_size, shard_size): parameters are sharded inside a node (fast NVLink all-gathers)
   and replicated across nodes (only the gradient all-reduce crosses the slow network); `none` =
@@ -14,60 +11,13 @@ Everything distributed lives here so `loop.py` reads as plain single-device trai
 
 from __future__ import annotations
 
-import datetime
-import os
-from dataclasses import dataclass
-
 import torch
-import torch.distributed as dist
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from train.config import ConfigError, ParallelConfig
-
-
-@dataclass
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    local_world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(timeout_s: int = 1800) -> DistInfo:
-    """Join (or, without torchrun, create) the default process group."""
-    if "RANK" not in os.environ:  # plain `python -m train`: a world of one
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
-    return DistInfo(rank, world, local_rank, local_world, device)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from train.distributed import DistInfo
 
 
 def build_mesh(cfg: ParallelConfig, info: DistInfo) -> DeviceMesh:
@@ -85,12 +35,13 @@ def build_mesh(cfg: ParallelConfig, info: DistInfo) -> DeviceMesh:
     return init_device_mesh(info.device.type, shape, mesh_dim_names=("replicate", "shard"))
 
 
-def mixed_precision_policy(cfg: ParallelConfig) -> MixedPrecisionPolicy:
+def mixed_precision_policy(cfg: ParallelConfig, cast_forward_inputs: bool = True) -> MixedPrecisionPolicy:
     """bf16: compute in bf16 on an fp32 master copy, reduce gradients in fp32 (a bf16 sum over
     many ranks loses the small updates fine-tuning is made of). fp32 / pure_bf16: the parameters'
     own dtype throughout (pure_bf16 casts the model itself, see `param_dtype`)."""
     if cfg.mixed_precision == "bf16":
-        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                    cast_forward_inputs=cast_forward_inputs)
     return MixedPrecisionPolicy()
 
 
@@ -182,11 +133,40 @@ def uses_fsdp(cfg: ParallelConfig, world_size: int) -> bool:
 
 def apply_fsdp(model: torch.nn.Module, mesh: DeviceMesh, cfg: ParallelConfig) -> None:
     """fully_shard each decoder layer, then the root (embeddings, final norm, output)."""
-    mp = mixed_precision_policy(cfg)
     for i, layer in enumerate(model.layers):
+        # A layer's inputs are the hidden states (already bf16: the embedding and every layer
+        # compute in bf16) and RoPE's cos/sin, which stay fp32 as in Meta's reference: no cast.
+        mp = mixed_precision_policy(cfg, cast_forward_inputs=False)
         # The last layer's parameters are needed again at once by backward: keep them gathered.
         fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(model.layers) - 1)
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+    fully_shard(model, mesh=mesh, mp_policy=mixed_precision_policy(cfg), reshard_after_forward=False)
+    for method in ("logits", "prefill", "decode"):  # the model's entry points besides forward
+        register_fsdp_forward_method(model, method)
+    model.gradient_sync = cfg.fsdp
+
+
+def set_gradient_sync(model: torch.nn.Module, last_micro_batch: bool) -> None:
+    """Which gradient collectives run after this micro-batch's backward. `full`: reduce-scatter
+    every micro-batch (FSDP2's default), so no unsharded gradient outlives one. `hybrid`: the same
+    inside a shard group, the all-reduce across replicas (the slow link) only after the last.
+    `none` (replicated): a rank's gradient is full-size either way, so accumulate and sync once."""
+    mode = getattr(model, "gradient_sync", None)  # set by apply_fsdp; None: no FSDP, nothing to sync
+    if mode == "none":
+        model.set_requires_gradient_sync(last_micro_batch)
+    elif mode == "hybrid":
+        model.set_requires_all_reduce(last_micro_batch)
+
+
+def check_supported(cfg: ParallelConfig, packing: bool, device: torch.device) -> None:
+    """Combinations that would run, but badly, refused before the model is built."""
+    from model.attention import resolve_backend
+
+    flex = packing and resolve_backend(cfg.attention, device) == "flex"
+    if flex and cfg.activation_checkpointing == "selective" and not cfg.compile:
+        # Selective checkpointing saves flex attention's output only when it is traced inside a
+        # compiled layer; uncompiled, the fused kernel is opaque to the policy and reruns in backward.
+        raise ConfigError("parallel.activation_checkpointing=selective with flex attention needs "
+                          "parallel.compile=true (or activation_checkpointing=full, or attention=dense)")
 
 
 def clean_name(name: str) -> str:
@@ -194,11 +174,3 @@ def clean_name(name: str) -> str:
     for junk in ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module."):
         name = name.replace(junk, "")
     return name
-
-
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few scalars over all ranks in one collective (fp64 so token counts stay exact)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t.tolist()

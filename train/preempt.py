@@ -21,6 +21,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from train.distributed import all_reduce_, world_size
+
 
 class StopRequest:
     """`signum` is the first stop signal received (None until then)."""
@@ -58,10 +60,10 @@ class StopRequest:
         The vote is a CPU tensor over gloo (a group of its own when training runs on NCCL), so
         asking after every micro-batch never waits for the GPU to finish its queued work."""
         t = torch.tensor([self.signum or 0], dtype=torch.int64)
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        if world_size() > 1:
             if self._group is None:  # created on the first vote, which every rank reaches together
                 self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._group)
+            all_reduce_(t, op=dist.ReduceOp.MAX, group=self._group)
         signum = int(t.item())
         if signum and self.signum is None:
             self.signum = signum

@@ -12,30 +12,15 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch.distributed as dist
 
 from model.manifest import ManifestError, check_checksums, check_sizes, read_manifest
+from train.distributed import gather_objects, rank, world_size
 
 STEP_RE = re.compile(r"^step_(\d+)$")
 
 
 class ResumeError(ValueError):
     """The requested checkpoint cannot be resumed (missing, corrupt, other world size); exit 2."""
-
-
-def current_world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def gather_from_all_ranks(obj: Any) -> list[Any]:
-    """Every rank's `obj`, on every rank (a barrier that also carries each rank's error)."""
-    if current_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * current_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -66,7 +51,7 @@ def checkpoint_problem(path: Path, checksums: bool, local: bool = False) -> str 
     SHA-256 work is split across ranks (rank r hashes every world-th file) and all ranks return
     the same answer."""
     problem = size_problem(path)
-    share = (0, 1) if local else (dist.get_rank() if dist.is_initialized() else 0, current_world_size())
+    share = (0, 1) if local else (rank(), world_size())
     if problem is None and checksums:
         try:
             files = read_manifest(path)["files"]
@@ -75,7 +60,7 @@ def checkpoint_problem(path: Path, checksums: bool, local: bool = False) -> str 
             problem = str(e)
     if local:
         return problem
-    problems = sorted({p for p in gather_from_all_ranks(problem) if p})
+    problems = sorted({p for p in gather_objects(problem) if p})
     return problems[0] if problems else None
 
 

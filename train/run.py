@@ -1,0 +1,188 @@
+"""The operations around the training loop: output directory, resume, what changed since the
+checkpoint, the preemption vote, RNG snapshots, checkpoint cadence and fault injection.
+
+The loop (train/loop.py) calls a `Run` at named points and never sees these details:
+
+    run = Run(cfg, info)                   output dir checked, signals caught, resume chosen
+    run.restore(model, opt, sched, loader) the checkpoint's state, the config's changes applied
+    run.interruptible(step_batches)        a stop signal ends the step after the micro-batch in flight
+    run.step_done(step, loader, result)    bookkeeping of a finished step (non-finite count, faults)
+    run.stop_agreed()                      every rank votes on a stop signal (save and leave)
+    run.save(model, opt)                   a checkpoint of the last finished step
+
+Why a stop can come between micro-batches: with gradient accumulation a 7B step takes long, and
+the cluster's grace period is short (train/preempt.py). The partial gradients are dropped and
+the state from before the step is saved, so resuming redoes the step exactly.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from train import checkpoint as ckpt
+from train.config import ConfigError, TrainConfig, resume_changes, save_config, to_dict
+from train.distributed import DistInfo, rank
+from train.faults import fault_point
+from train.metrics import MetricsLogger
+from train.optim import set_schedule
+from train.preempt import StopRequest
+from train.step import StepBatches, StepResult
+from train.verify import clean_partial, resolve_resume
+
+RUN_FILES = ("final", "metrics.jsonl", "tb", "eval.json", "checkpoints")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite steps); reported as one line, exit 1."""
+
+
+class StepInterrupted(Exception):
+    """A stop signal was agreed after `done` micro-batches of a step; nothing was updated."""
+
+    def __init__(self, done: int):
+        super().__init__(f"stopped after micro-batch {done}")
+        self.done = done
+
+
+class Run:
+    def __init__(self, cfg: TrainConfig, info: DistInfo):
+        self.cfg, self.info = cfg, info
+        self.out_dir = Path(cfg.output_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.stop = StopRequest().install()  # SIGTERM / SIGINT: save and leave (train/preempt.py)
+        self.resume_from = resolve_resume(cfg.resume, self.ckpt_root, checksums=cfg.checkpoint.verify == "checksums",
+                                          warn=lambda line: print(line, flush=True) if info.is_main else None)
+        if self.resume_from is None:
+            self._fresh_output_dir()
+        self.step, self.nonfinite_in_a_row = 0, 0
+        self.loader_state: dict = {}
+        self.rng_at_step_start: dict | None = None
+        self.stopped = False  # by a signal: the run ends without its export
+        self.logger: MetricsLogger | None = None
+        self.checkpointer: ckpt.Checkpointer | None = None
+
+    def _fresh_output_dir(self) -> None:
+        """A new run never writes over an earlier one's results without being asked."""
+        old = [name for name in RUN_FILES if (self.out_dir / name).exists()]
+        if old and not self.cfg.overwrite:
+            raise ConfigError(f"output_dir {self.out_dir} already holds a run ({', '.join(old)}): "
+                              "resume=auto continues it, overwrite=true replaces it, or choose another output_dir")
+        if old and self.info.is_main:
+            for name in old:
+                path = self.out_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    # ---------------------------------------------------------------- start
+    def restore(self, model, optimizer, scheduler, loader) -> MetricsLogger:
+        """Load the checkpoint (if resuming), apply the config's allowed changes, write config.yaml,
+        and open the metrics log. Returns the logger."""
+        cfg, info = self.cfg, self.info
+        changed: dict = {}
+        if self.resume_from is not None:
+            state = ckpt.load(self.resume_from, model, optimizer, info)
+            if "config" in state:
+                changed = self._check_changes(state["config"], state["step"])
+                cfg.changes = list(state["config"].get("changes", [])) + (
+                    [{"step": state["step"], **{k: v[1] for k, v in changed.items()}}] if changed else [])
+            try:
+                loader.load_state_dict(state["loader"])
+            except ValueError as e:  # other data, or a batch split that does not fit the position
+                raise ckpt.ResumeError(f"resume: {self.resume_from}: {e}") from None
+            if "rng" in state:  # absent when the checkpoint came from another world size
+                ckpt.set_rng_state(state["rng"], info.device)
+            self.step, self.nonfinite_in_a_row = state["step"], state["nonfinite_in_a_row"]
+        # The schedule always follows this run's config at the resumed step (a new lr, a longer run).
+        set_schedule(optimizer, scheduler, cfg.optim, self.step)
+        self.loader_state = loader.state_dict()
+        if info.is_main:
+            save_config(cfg, self.out_dir / "config.yaml")
+            clean_partial(self.ckpt_root)
+        resumed = self.resume_from is not None
+        self.logger = MetricsLogger(self.out_dir, info.is_main, cfg.log.tensorboard,
+                                    resume_step=self.step if resumed else None)
+        for key, (old, new) in changed.items():
+            self.logger.message(f"resume: {key} changed from {old} to {new}, applied from step {self.step + 1}")
+        self.checkpointer = ckpt.Checkpointer(self.ckpt_root, info, cfg.checkpoint.keep, cfg.checkpoint.on_error,
+                                              log=self.logger.message, saved_step=self.step if resumed else None)
+        return self.logger
+
+    def _check_changes(self, saved: dict, step: int) -> dict:
+        refused, applied = resume_changes(saved, to_dict(self.cfg))
+        if refused:
+            raise ConfigError(f"resume: {self.resume_from} was trained with other " + "; ".join(
+                f"{k} ({old!r}, now {new!r})" for k, (old, new) in refused.items()) +
+                ": these change what the saved state means; start a new output_dir instead")
+        return applied
+
+    # ---------------------------------------------------------------- each step
+    def interruptible(self, batches: StepBatches) -> StepBatches:
+        """`batches` whose iteration votes on a stop signal after each micro-batch but the last
+        (a host-side collective: no device sync) and raises StepInterrupted when one is agreed."""
+        self.rng_at_step_start = ckpt.rng_state(self.info.device)
+        return _Interruptible(batches.micro, batches.num_targets, batches.num_tokens, batches.attention_pairs,
+                              run=self)
+
+    def step_done(self, step: int, loader, result: StepResult) -> None:
+        self.step, self.loader_state = step, loader.state_dict()
+        self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if result.skipped else 0
+        if result.skipped:
+            self.logger.message(f"step {step}: non-finite loss {result.loss} / grad norm {result.grad_norm}, step "
+                                f"skipped ({self.nonfinite_in_a_row} in a row, max_nonfinite={self.cfg.max_nonfinite})")
+
+    def after_log(self, step: int) -> None:
+        if self.nonfinite_in_a_row > self.cfg.max_nonfinite:
+            raise TrainingError(f"stopping: {self.nonfinite_in_a_row} non-finite steps in a row at step {step} "
+                                f"(max_nonfinite={self.cfg.max_nonfinite}); lower optim.lr or check the data")
+        for kind in ("kill", "term", "int"):  # tests only (train/faults.py)
+            fault_point(kind, step, self.info.rank)
+
+    def stop_agreed(self) -> bool:
+        return self.stop.agreed()
+
+    def checkpoint_due(self, step: int) -> bool:
+        return self.cfg.checkpoint.every > 0 and step % self.cfg.checkpoint.every == 0
+
+    # ---------------------------------------------------------------- saving
+    def save(self, model, optimizer, last: bool = False, rng: dict | None = None) -> None:
+        """A checkpoint of the last finished step (its loader position, not the prefetched one)."""
+        train_state = {"step": self.step, "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                       "loader": self.loader_state,
+                       "rng": rng or ckpt.rng_state(self.info.device), "config": to_dict(self.cfg)}
+        self.checkpointer.save(self.step, model, optimizer, train_state, last=last)
+
+    def save_stopped(self, model, optimizer, interrupted: StepInterrupted | None = None) -> None:
+        """Save and say how to go on, after a stop signal: at the end of a step, or inside one
+        (its partial gradients dropped, the RNG and loader as the step began)."""
+        self.stopped = True
+        if interrupted is None:
+            self.save(model, optimizer, last=True)
+            self.logger.message(f"stopped by signal at step {self.step} ({self.stop.name}); resume with resume=auto")
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            self.save(model, optimizer, last=True, rng=self.rng_at_step_start)
+            self.logger.message(f"stopped by signal ({self.stop.name}) in step {self.step + 1}, after micro-batch "
+                                f"{interrupted.done} of {self.cfg.batch.grad_accum}; saved step {self.step}; "
+                                "resume with resume=auto")
+
+
+class _Interruptible(StepBatches):
+    def __init__(self, micro, num_targets, num_tokens, attention_pairs, run: Run):
+        super().__init__(micro, num_targets, num_tokens, attention_pairs)
+        self.run = run
+
+    def __iter__(self) -> Iterator:
+        for i, mb in enumerate(self.micro):
+            yield mb
+            if i == 0:  # tests only (train/faults.py)
+                fault_point("term_mid", self.run.step + 1, rank())
+                fault_point("int_mid", self.run.step + 1, rank())
+            if i < len(self.micro) - 1 and self.run.stop.agreed():
+                raise StepInterrupted(i + 1)
+
