@@ -42,7 +42,7 @@ tokenization of the data. Full: 7B selective 77 + none 42 + full 42 + packed eag
 eager 12 + 1B packed eager 42 + 1B compiled 72 + decode 17 (6.7B init, 136 tokens at an assumed
 ~40 tok/s) + CUDA tests 100 (two flex compiles, a torchrun bf16 run) + parent 5 = ~436 s. Quick:
 47 + 72 + 17 + 5 = ~141 s. After --quick in the same session the full run reuses its compiled
-graphs (~6.3 min).
+graphs (~6.1 min).
 """
 
 from __future__ import annotations
