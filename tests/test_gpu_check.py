@@ -80,3 +80,12 @@ def test_quick_cpu_run_writes_each_row_as_it_ends_and_a_timeout_is_a_row(tmp_pat
     assert rc == 1  # documented: a timed-out, failed or skipped case makes the exit status 1
     table = (tmp_path / "table.md").read_text()
     assert "timeout after 0.5 s" in table and table.count("\n| ") == 1 + 3  # header + three rows
+
+
+@pytest.mark.parametrize("name, tbs", [("NVIDIA H100 80GB HBM3", 3.35), ("NVIDIA H100 PCIe", 2.0),
+                                       ("NVIDIA H100 NVL", 3.9), ("NVIDIA H200", 4.8), ("NVIDIA H200 NVL", 4.8),
+                                       ("NVIDIA GeForce RTX 4090", None), ("H100", None)])
+def test_bandwidth_by_exact_device_name(name, tbs):
+    from tools.gpu_check import bandwidth_tbs
+
+    assert bandwidth_tbs(name) == tbs  # datasheet TB/s; a PCIe card is not the SXM part
