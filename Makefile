@@ -47,8 +47,9 @@ data-stats: $(VENV)/.runtime
 plan: $(VENV)/.runtime
 	$(PY) -m tools.plan --config $(CONFIG) $(ARGS)
 
-# On a GPU machine with a preinstalled torch (no .venv, no pip, no network): CUDA tests, training
-# benchmarks and decode speed as one markdown table. ARGS=--cpu runs the reduced CPU mode.
+# On a GPU machine with a preinstalled torch (no .venv, no pip, no network): training benchmarks,
+# decode speed and the CUDA tests as one markdown table, row by row (also runs/gpu_check/table.md).
+# ARGS=--quick runs the three most informative cases; ARGS=--cpu runs the reduced CPU mode.
 gpu-check:
 	$(PYTHON) -m tools.gpu_check $(ARGS)
 

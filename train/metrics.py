@@ -7,10 +7,14 @@ step (written by the run that died) are dropped, so the file reads as one uninte
 Throughput is counted in real tokens (non-padding inputs, summed over ranks): padding is work the
 GPU does but not progress. MFU = model FLOPs / step time / peak FLOP/s, with a step's model FLOPs
 
-    6 * n_params * tokens + 12 * n_layers * dim * sum over documents of L_i^2
+    6 * N * tokens + 12 * n_layers * dim * sum over documents of L_i^2
     - 6 * vocab * dim * (tokens - targets)   (the output projection runs for target tokens only)
 
 (forward + backward, PaLM's definition: activation recomputation is not counted, nor is padding).
+N is the non-embedding parameter count (`matmul_params`), as PaLM and torchtitan count it: the
+input embedding is a table lookup, not a matmul, so its vocab x dim parameters do no FLOPs. With
+tied embeddings the one shared matrix is also the output projection's weight, which is a matmul,
+so it stays in N (and, like the untied output, counts for target tokens only).
 A token of a document of length L attends to L keys: a packed row's examples are the documents,
 an unpacked row is one document of its real length. Counting a packed row's attention as T^2
 would credit work the document mask forbids (docs/PERFORMANCE.md).
@@ -31,18 +35,36 @@ import torch
 from data.alpaca import IGNORE_INDEX
 from model.args import ModelArgs
 
-# Dense bf16 peak, TFLOP/s (vendor datasheets). Only these are known; anything else gets no MFU
-# rather than a made-up one.
-PEAK_TFLOPS_BF16 = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "H800": 989.0, "A800": 312.0}
+# Dense bf16 peak, TFLOP/s, keyed by the exact `torch.cuda.get_device_name` string: the PCIe and
+# NVL parts of one chip run lower clocks and power, so a substring match ("H100") would credit a
+# PCIe card with the SXM peak. Numbers are NVIDIA's datasheets (their sparse figures halved);
+# any other name gets no MFU rather than a made-up one (TRAIN_PEAK_TFLOPS declares one).
+PEAK_TFLOPS_BF16 = {
+    "NVIDIA H100 80GB HBM3": 989.0,  # H100 SXM5
+    "NVIDIA H100 PCIe": 756.0,
+    "NVIDIA H100 NVL": 835.0,
+    "NVIDIA H200": 989.0,  # H200 SXM
+    "NVIDIA H200 NVL": 835.0,
+    "NVIDIA A100-SXM4-80GB": 312.0,
+    "NVIDIA A100-SXM4-40GB": 312.0,
+    "NVIDIA A100 80GB PCIe": 312.0,
+    "NVIDIA A100-PCIE-40GB": 312.0,
+}
 # Timing fields differ run to run; everything else in a row is a deterministic fact of training.
 TIMING_KEYS = ("tokens_per_s", "step_time_s", "mfu", "peak_mem_gb", "elapsed_s", "eta_s")
+
+
+def matmul_params(args: ModelArgs) -> int:
+    """Non-embedding parameters: all but the input embedding table, whose lookup does no FLOPs.
+    A tied model's shared matrix is kept: it is the output projection's weight too."""
+    return args.num_params() - (0 if args.tie_word_embeddings else args.vocab_size * args.dim)
 
 
 def model_flops(args: ModelArgs, tokens: float, attention_pairs: float, targets: float | None = None) -> float:
     """Model FLOPs of `tokens` real tokens whose documents' squared lengths sum to `attention_pairs`.
     With `targets`, the output projection counts only for tokens that have a target: the loss
     projects only those (model/llama.py, target_index), so MFU credits no skipped work."""
-    flops = 6.0 * args.num_params() * tokens + 12.0 * args.n_layers * args.dim * attention_pairs
+    flops = 6.0 * matmul_params(args) * tokens + 12.0 * args.n_layers * args.dim * attention_pairs
     if targets is not None:
         flops -= 6.0 * args.vocab_size * args.dim * (tokens - targets)
     return flops
@@ -82,11 +104,13 @@ def peak_flops(device: torch.device) -> float | None:
         return float(os.environ["TRAIN_PEAK_TFLOPS"]) * 1e12
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in PEAK_TFLOPS_BF16.items():
-        if key in name:
-            return tflops * 1e12
-    return None
+    tflops = peak_tflops_bf16(torch.cuda.get_device_name(device))
+    return tflops * 1e12 if tflops is not None else None
+
+
+def peak_tflops_bf16(device_name: str) -> float | None:
+    """Dense bf16 TFLOP/s of the GPU named exactly `device_name` (as torch reports it), else None."""
+    return PEAK_TFLOPS_BF16.get(device_name.strip())
 
 
 def peak_memory_gb(device: torch.device) -> float:
