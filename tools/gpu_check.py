@@ -177,26 +177,23 @@ def random_batches(cfg, micro: int, vocab: int):
 
 
 
-def run_steps(cfg, args, mesh, info, batches, n: int, device) -> list:
+def run_steps(cfg, args, info, batches, n: int, device) -> list:
     """Train `n` steps on a fresh model; [(train_step's result, seconds)]. The only place that calls
     the trainer's API (model, optimizer, scheduler, batch preparation, step), so it is one edit."""
-    from train.loop import build_model
-    from train.optim import build_optimizer, build_scheduler
-    from train.step import prepare_batch, train_step
+    from train.build import build_training
+    from train.step import prepare_step, train_step
 
-    model = build_model(cfg, args, mesh, info)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, n)
+    model, optimizer, scheduler = build_training(cfg, args, info, n)
     out = []
     for _ in range(n):
-        mb = [prepare_batch(next(batches), device, cfg.parallel.attention)]
+        step_batches = prepare_step([next(batches)], device, cfg.parallel.attention)
         t0 = time.perf_counter()
-        r = train_step(model, optimizer, scheduler, mb, cfg.parallel, 1.0, None, device)
+        r = train_step(model, optimizer, scheduler, step_batches, grad_clip=1.0)
         out.append((r, time.perf_counter() - t0))  # train_step ends with its one host sync
     return out
 
 
-def bench_train(label: str, fields: dict, layout: str, compiled: bool, ac: str, sh: Shapes, device, info, mesh,
+def bench_train(label: str, fields: dict, layout: str, compiled: bool, ac: str, sh: Shapes, device, info,
                 data: str | None, tokenizer: str | None) -> dict:
     import gc
 
@@ -224,7 +221,7 @@ def bench_train(label: str, fields: dict, layout: str, compiled: bool, ac: str, 
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    measured = run_steps(cfg, args, mesh, info, batches, sh.warmup + sh.steps, device)[sh.warmup:]
+    measured = run_steps(cfg, args, info, batches, sh.warmup + sh.steps, device)[sh.warmup:]
     elapsed = sum(dt for _, dt in measured)
     tokens = sum(r.tokens for r, _ in measured)
     pairs = sum(r.attention_pairs for r, _ in measured)
@@ -286,16 +283,14 @@ def run_case(key: str, ns) -> dict:
     if key == "decode":
         device = torch.device("cuda" if not ns.cpu else "cpu")
         return bench_decode(sh.decode_args, sh.decode_tokens, device)
-    from train import parallel
-    from train.config import ParallelConfig
+    from train.distributed import init_distributed
 
     model, layout, compiled, ac = key.split("-")
     label, fields = sh.models[model]
-    info = parallel.init_distributed()
+    info = init_distributed()
     if info.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    mesh = parallel.build_mesh(ParallelConfig(), info)
-    row = bench_train(label, fields, layout, compiled == "compiled", ac, sh, info.device, info, mesh,
+    row = bench_train(label, fields, layout, compiled == "compiled", ac, sh, info.device, info,
                       ns.data, ns.tokenizer)
     torch.distributed.destroy_process_group()
     return row
