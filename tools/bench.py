@@ -50,6 +50,7 @@ def bench_train(argv: list[str]) -> int:
             return 2
         if cfg.data.source == "synthetic":  # keep the tiny assets (and their cache) out of tmp
             cfg.output_dir = str(Path("runs") / "bench_assets")
+            cfg.overwrite = True  # each benchmark run replaces the previous one's metrics
         train(cfg)
         if os.environ.get("RANK", "0") != "0":
             return 0
