@@ -86,7 +86,7 @@ def _fake_checkpoint(root, step: int) -> None:
 
 
 def test_prune_counts_only_verified_checkpoints_and_keeps_corrupt_ones(tmp_path):
-    from train.checkpoint import prune, verified_checkpoints
+    from train.verify import prune, verified_checkpoints
 
     for step in (1, 2, 3, 4, 5):
         _fake_checkpoint(tmp_path, step)

@@ -57,16 +57,12 @@ from model.manifest import (
 )
 from train.faults import fault_point, faulty_filesystem
 from train.parallel import DistInfo, clean_name
-from train.verify import (  # noqa: F401  (resolve_resume, clean_partial, ResumeError: the loop's API)
+from train.verify import (
     ResumeError,
     checkpoint_problem,
-    clean_partial,
-    complete_checkpoints,
     current_world_size,
     gather_from_all_ranks,
     prune,
-    resolve_resume,
-    size_problem,
     verified_checkpoints,
 )
 

@@ -41,6 +41,7 @@ from train.optim import build_optimizer, build_scheduler
 from train.plan import check_fits
 from train.preempt import StopRequest
 from train.step import prepare_batch, train_step
+from train.verify import ResumeError, clean_partial, resolve_resume
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -176,11 +177,11 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         raise ConfigError(str(e)) from None
     args = model_args(cfg, tokenizer)
     # ---- resume selection (issue 10): the newest checkpoint that verifies; skipped ones named
-    resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root, checksums=cfg.checkpoint.verify == "checksums",
-                                      warn=lambda line: print(line, flush=True) if info.is_main else None)
+    resume_from = resolve_resume(cfg.resume, ckpt_root, checksums=cfg.checkpoint.verify == "checksums",
+                                 warn=lambda line: print(line, flush=True) if info.is_main else None)
     if info.is_main:
         save_config(cfg, out_dir / "config.yaml")
-        ckpt.clean_partial(ckpt_root)
+        clean_partial(ckpt_root)
 
     memory_gb = cfg.parallel.memory_gb or parallel.device_memory_gb(info.device)
     verdict = check_fits(cfg, args, info.world_size, memory_gb)
@@ -209,7 +210,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
         try:
             loader.load_state_dict(state["loader"])
         except ValueError as e:  # other data, or a batch split that does not fit the position
-            raise ckpt.ResumeError(f"resume: {resume_from}: {e}") from None
+            raise ResumeError(f"resume: {resume_from}: {e}") from None
         if "rng" in state:  # absent when the checkpoint came from another world size
             ckpt.set_rng_state(state["rng"], info.device)
         step, nonfinite_in_a_row = state["step"], state["nonfinite_in_a_row"]
