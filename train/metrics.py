@@ -34,8 +34,6 @@ from model.args import ModelArgs
 # Dense bf16 peak, TFLOP/s (vendor datasheets). Only these are known; anything else gets no MFU
 # rather than a made-up one.
 PEAK_TFLOPS_BF16 = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "H800": 989.0, "A800": 312.0}
-# Timing fields differ run to run; everything else in a row is a deterministic fact of training.
-TIMING_KEYS = ("tokens_per_s", "step_time_s", "mfu", "peak_mem_gb", "elapsed_s", "eta_s")
 
 
 def model_flops(args: ModelArgs, tokens: float, attention_pairs: float, targets: float | None = None) -> float:
