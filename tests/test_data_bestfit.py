@@ -149,9 +149,9 @@ def shared_lengths(tmp_path_factory):
     if not TOK.is_file() or not all((SHARED / s).is_file() for s in SETS):
         pytest.skip("shared data absent")
     from data.dataset import load_dataset
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import load_tokenizer
 
-    tok, cache = Tokenizer(TOK), str(tmp_path_factory.mktemp("cache"))
+    tok, cache = load_tokenizer(TOK), str(tmp_path_factory.mktemp("cache"))
     out = {}
     for name in SETS:
         ds = load_dataset(DataConfig(paths=[str(SHARED / name)], cache_dir=cache, num_proc=2), tok)

@@ -13,7 +13,7 @@ from model.args import ModelArgs
 from model.checkpoint import save_checkpoint
 from model.llama import Transformer
 from model.sampling import generate, generate_batch
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from tools.train_tokenizer import train_tokenizer
 
 RECORDS = [
@@ -31,7 +31,7 @@ def tok(tmp_path_factory):
     d = tmp_path_factory.mktemp("evtok")
     data = d / "train.json"
     data.write_text(json.dumps(generate_train(400, seed=0) + RECORDS, ensure_ascii=False), encoding="utf-8")
-    return Tokenizer(train_tokenizer([str(data)], vocab_size=500, out=str(d / "tok.model")))
+    return load_tokenizer(train_tokenizer([str(data)], vocab_size=500, out=str(d / "tok.model")))
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
     from model.manifest import check_checksums, check_sizes, read_manifest
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import load_tokenizer
     from train import checkpoint as ckpt
     from train import parallel
     from train.config import load_config
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(ns.config, ns.overrides)
     info = parallel.init_distributed()
-    args = model_args(cfg, Tokenizer(cfg.tokenizer))
+    args = model_args(cfg, load_tokenizer(cfg.tokenizer))
     model = build_model(cfg, args, parallel.build_mesh(cfg.parallel, info), info)
     optimizer = build_optimizer(model, cfg.optim)
     root = Path(ns.dir)

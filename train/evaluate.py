@@ -27,7 +27,7 @@ import torch
 
 from data.alpaca import encode_prompt
 from model.sampling import generate, generate_batch
-from model.tokenizer import Tokenizer, TokenizerError
+from model.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.data}: record {bad} needs string 'instruction' and 'output'", file=sys.stderr)
         return 2
     try:
-        tokenizer = Tokenizer(tok_path)
+        tokenizer = load_tokenizer(tok_path)
     except TokenizerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

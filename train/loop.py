@@ -29,7 +29,7 @@ from data.loader import AlpacaLoader
 from model.args import ModelArgs
 from model.checkpoint import load_args, load_state_dict
 from model.llama import Transformer
-from model.tokenizer import Tokenizer, TokenizerError
+from model.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from train import checkpoint as ckpt
 from train import parallel
 from train.config import ConfigError, TrainConfig, save_config
@@ -172,7 +172,7 @@ def _train(cfg: TrainConfig, info: parallel.DistInfo) -> dict:
     if not tokenizer_path or not Path(tokenizer_path).is_file():
         raise FileNotFoundError(f"tokenizer not found: {tokenizer_path} (set `tokenizer:` in the config)")
     try:
-        tokenizer = Tokenizer(tokenizer_path)
+        tokenizer = load_tokenizer(tokenizer_path)
     except TokenizerError as e:  # neither format: one line naming the file, exit 2 (train/__main__)
         raise ConfigError(str(e)) from None
     args = model_args(cfg, tokenizer)
