@@ -11,8 +11,9 @@ import sentencepiece as spm
 
 from data.prompts import format_prompt
 from data.synthetic import generate_train
+from data.tokenizer_training import train_tokenizer
 from model.tokenizer import load_tokenizer
-from tools.train_tokenizer import main, train_tokenizer
+from tools.train_tokenizer import main
 
 
 @pytest.fixture(scope="module")
