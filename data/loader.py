@@ -106,8 +106,7 @@ class AlpacaLoader:
 
     def load_state_dict(self, state: dict) -> None:
         """Resume exactly: refuses a state taken on other data, where "the same batches" is void."""
-        theirs = state.get("data_fingerprint", self.dataset.fingerprint)
-        if theirs != self.dataset.fingerprint:
+        if state.get("data_fingerprint") != self.dataset.fingerprint:
             raise DataError("loader state was saved on different data (files, tokenizer, template, max_len "
                             "or weights changed); resuming would not see the batches it would have seen")
         self.sampler.load_state_dict(state)

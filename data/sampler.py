@@ -20,8 +20,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-# pack_rows (next-fit) stays importable from here, where it used to live.
-from data.packing import STRATEGIES, pack, pack_rows  # noqa: F401
+from data.packing import STRATEGIES, pack
 
 
 class AlpacaSampler:
@@ -106,8 +105,6 @@ class AlpacaSampler:
         """Continue exactly where `state` was taken: same data and stream, any batch split that
         divides the units consumed so far (always true at an optimizer-step boundary)."""
         mine = self.state_dict()
-        # States saved before best-fit existed were packed next-fit.
-        state = {"pack_strategy": "next_fit", "pack_window": None, **state}
         for key in ("seed", "num_examples", "pack_len", "group_by_length", "megabatch_size",
                     "pack_strategy", "pack_window"):
             if key == "megabatch_size" and not self.group_by_length:
@@ -116,8 +113,8 @@ class AlpacaSampler:
                 continue  # unpacked: the packer is irrelevant
             if key == "pack_window" and (self.pack_len is None or self.pack_strategy != "best_fit"):
                 continue
-            if state[key] != mine[key]:
-                raise ValueError(f"sampler state has {key}={state[key]!r}, this run {mine[key]!r}")
+            if state.get(key) != mine[key]:  # a missing key reads as None: refused in the same one line
+                raise ValueError(f"sampler state has {key}={state.get(key)!r}, this run {mine[key]!r}")
         per_round = self.micro * self.world
         if state["units_consumed"] % per_round:
             raise ValueError(f"sampler state: {state['units_consumed']} units consumed is not a whole "

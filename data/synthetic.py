@@ -274,7 +274,7 @@ def build_tiny_assets(out_dir: str | Path, seed: int = 0, n_train: int = 12_000,
     source, template text) skips it. Returns paths: train, heldout, tokenizer.
     """
     from data.prompts import get_template
-    from tools.train_tokenizer import train_tokenizer  # local: keeps `import data` light
+    from data.tokenizer_training import train_tokenizer  # local: keeps `import data` light
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

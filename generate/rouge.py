@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from rouge_score import rouge_scorer, scoring
+from rouge_score import scoring
 
 # Hangul syllables (U+AC00-U+D7A3), jamo (U+1100-U+11FF), compatibility jamo (U+3130-U+318F).
 _SEPARATOR = re.compile(r"[^a-z0-9\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]+")
@@ -76,7 +76,3 @@ def rouge_l_f(tokens_a: list[str], tokens_b: list[str]) -> float:
     """ROUGE-L F-measure of two token lists, equal to rouge-score's `_score_lcs(a, b).fmeasure`."""
     return LcsQuery(tokens_a).f(tokens_b)
 
-
-def make_scorer() -> rouge_scorer.RougeScorer:
-    """A stock RougeScorer using this tokenizer, for callers that want the public API."""
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=TOKENIZER)

@@ -4,7 +4,7 @@ from model.args import PRESETS, ModelArgs
 from model.checkpoint import CheckpointError, load_args, load_model, save_checkpoint
 from model.llama import Transformer
 from model.sampling import generate
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, load_tokenizer
 
-__all__ = ["PRESETS", "ModelArgs", "Transformer", "Tokenizer", "CheckpointError", "load_args",
+__all__ = ["PRESETS", "ModelArgs", "Transformer", "Tokenizer", "load_tokenizer", "CheckpointError", "load_args",
            "load_model", "save_checkpoint", "generate"]

@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 
-from model.tokenizer import Tokenizer, TokenizerError
+from model.tokenizer_base import Tokenizer, TokenizerError
 
 # Meta's pre-tokenizer split (llama_models/llama3/tokenizer.py): contractions, letters with one
 # leading non-letter, numbers of up to 3 digits, punctuation runs, newlines, other whitespace.

@@ -1,14 +1,17 @@
 """One tokenizer interface for LLaMA 1/2 (sentencepiece) and Llama 3 / 3.1 (Meta's tiktoken file).
 
-`Tokenizer(path)` looks at the file and returns the matching implementation (a subclass of
-Tokenizer, so `isinstance` and type hints keep working): this file's SentencePieceTokenizer, or
-model/tiktoken_tokenizer.py's TiktokenTokenizer. Both offer:
+`load_tokenizer(path)` looks at the file and returns the matching implementation:
+model/sentencepiece_tokenizer.py's SentencePieceTokenizer or model/tiktoken_tokenizer.py's
+TiktokenTokenizer, both subclasses of model/tokenizer_base.py's Tokenizer. Both offer:
 
     encode(text, bos=False, eos=False) -> list[int]   # text is always text: never a control token
     decode(ids) -> str
     bos_id, eos_id, pad_id, vocab_size, path
     stop_ids     the ids that end a model's turn (generation stops at any of them)
     special_ids  name -> id of the control tokens a chat template may write ({} for sentencepiece)
+
+Both pickle by value (the processor or the BPE ranks travel, not the path), so a copy in another
+process encodes the same even if the file has since changed.
 
 Padding policy (docs/DESIGN.md): padding goes on the right and its labels are IGNORE_INDEX, so
 under the causal mask a pad token never influences a real token and never enters the loss: the id
@@ -24,15 +27,13 @@ from __future__ import annotations
 import os
 import re
 
-import sentencepiece as spm
+from model.sentencepiece_tokenizer import SentencePieceTokenizer
+from model.tiktoken_tokenizer import TiktokenTokenizer
+from model.tokenizer_base import Tokenizer, TokenizerError
 
 # A tiktoken BPE file is text, one "<base64 token> <rank>" pair a line; a sentencepiece model is a
 # binary protobuf, so the first line tells them apart without parsing either.
 _TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2} \d+\r?\n")
-
-
-class TokenizerError(ValueError):
-    """A tokenizer file that cannot be used, as one printable line naming the file (CLIs exit 2)."""
 
 
 # A model may carry a few more embedding rows than its tokenizer has ids (Alpaca's `[PAD]`, padding
@@ -58,66 +59,9 @@ def tokenizer_format(path: str | os.PathLike) -> str:
     return "tiktoken" if _TIKTOKEN_LINE.fullmatch(head) else "sentencepiece"
 
 
-class Tokenizer:
-    """Opens either format; see the module docstring for the interface."""
-
-    path: str
-
-    def __new__(cls, path: str | os.PathLike | None = None):  # None: unpickling a subclass
-        if cls is Tokenizer:
-            if tokenizer_format(path) == "tiktoken":
-                from model.tiktoken_tokenizer import TiktokenTokenizer  # tiktoken only when needed
-
-                cls = TiktokenTokenizer
-            else:
-                cls = SentencePieceTokenizer
-        return super().__new__(cls)
-
-    @property
-    def stop_ids(self) -> tuple[int, ...]:
-        return (self.eos_id,)
-
-    @property
-    def special_ids(self) -> dict[str, int]:
-        return {}
-
-
-class SentencePieceTokenizer(Tokenizer):
-    """LLaMA 1/2 (and the tiny default's own model): BOS=1, EOS=2, no pad id."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = str(path)
-        if not os.path.isfile(self.path):
-            raise TokenizerError(f"{self.path}: tokenizer model not found")
-        try:
-            self.sp = spm.SentencePieceProcessor(model_file=self.path)
-        except (RuntimeError, OSError):  # sentencepiece's own message is a multi-line C++ dump
-            raise TokenizerError(f"{self.path}: neither a sentencepiece model nor a tiktoken BPE file") from None
-
-    @property
-    def vocab_size(self) -> int:
-        return self.sp.vocab_size()
-
-    @property
-    def bos_id(self) -> int:
-        return self.sp.bos_id()
-
-    @property
-    def eos_id(self) -> int:
-        return self.sp.eos_id()
-
-    @property
-    def pad_id(self) -> int:
-        pad = self.sp.pad_id()
-        return pad if pad >= 0 else self.eos_id
-
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        # sentencepiece never parses "<s>" in text as a control piece: user text stays text
-        ids = self.sp.encode(text)
-        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
-
-    def decode(self, ids: list[int]) -> str:
-        return self.sp.decode([int(i) for i in ids])
-
-    def id_to_piece(self, i: int) -> str:
-        return self.sp.id_to_piece(int(i))
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """The tokenizer in `path`, sentencepiece or tiktoken by the file's format; TokenizerError
+    (one line naming the file) when it is missing or neither."""
+    if tokenizer_format(path) == "tiktoken":
+        return TiktokenTokenizer(path)
+    return SentencePieceTokenizer(path)

@@ -98,13 +98,13 @@ def test_prompt_reaching_max_len_is_dropped_and_one_short_keeps_one_target():
 def test_llama_prompt_and_response_are_encoded_separately():
     import sentencepiece as spm
 
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import load_tokenizer
 
     sp = spm.SentencePieceProcessor(model_file=str(LLAMA_TOK))
     rec = {"instruction": "Name a color.", "output": "Blue."}
     prompt = ("Below is an instruction that describes a task. Write a response that appropriately "
               "completes the request.\n\n### Instruction:\nName a color.\n\n### Response:")
-    tokens, labels = tokenize_example(Tokenizer(LLAMA_TOK), rec, "alpaca", max_len=512)
+    tokens, labels = tokenize_example(load_tokenizer(LLAMA_TOK), rec, "alpaca", max_len=512)
     p, o = sp.encode(prompt), sp.encode("Blue.")
     assert tokens == [1] + p + o
     assert labels == [M] * len(p) + o + [2]

@@ -38,10 +38,10 @@ def sp():
 
 @pytest.fixture(scope="module")
 def tokenized(tmp_path_factory):
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import load_tokenizer
 
     cache = tmp_path_factory.mktemp("cache")
-    tok = Tokenizer(TOK)
+    tok = load_tokenizer(TOK)
     return {s: load_tokenized(str(SHARED / s), tok, "alpaca", 512, str(cache), num_proc=2) for s in SETS}
 
 

@@ -10,7 +10,8 @@ from test_data_masking import CharTokenizer
 from data.alpaca import DataError
 from data.config import DataConfig
 from data.loader import AlpacaLoader
-from data.sampler import AlpacaSampler, pack_rows
+from data.packing import pack_rows
+from data.sampler import AlpacaSampler
 from tools.data_stats import padding_efficiency
 
 LENGTHS = np.random.default_rng(0).integers(5, 200, size=103)
@@ -168,5 +169,7 @@ def test_loader_refuses_a_state_saved_on_other_data(tmp_path):
     edited = AlpacaLoader(cfg, tok, micro_batch_size=4)
     with pytest.raises(DataError, match="different data"):
         edited.load_state_dict(state)
+    with pytest.raises(DataError, match="different data"):  # no fingerprint: nothing says it is this data
+        edited.load_state_dict({k: v for k, v in edited.state_dict().items() if k != "data_fingerprint"})
     AlpacaLoader(DataConfig(paths=paths[1:], cache_dir=None), tok, 4).load_state_dict(
         AlpacaLoader(DataConfig(paths=paths[1:], cache_dir=None), tok, 4).state_dict())  # same data: fine

@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 from data.alpaca import encode_prompt  # noqa: E402
 from model.checkpoint import load_model  # noqa: E402
-from model.tokenizer import Tokenizer  # noqa: E402
+from model.tokenizer import load_tokenizer  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LLAMA3, GSM8K = DATA / "llama3_tokenizer.model", DATA / "gsm8k_alpaca.json"
@@ -79,7 +79,7 @@ def hf(run):
 def test_to_hf_has_the_same_logits_and_prompt_ids(run, hf):
     root, records = run
     hf_model, hf_tok = hf
-    tok = Tokenizer(LLAMA3)
+    tok = load_tokenizer(LLAMA3)
     rec = records[0]
     ids = encode_prompt(tok, rec, "llama3_chat")
     hf_ids = hf_tok.apply_chat_template([{"role": "user", "content": rec["instruction"]}],
@@ -110,7 +110,7 @@ def test_chat_answers_with_the_trained_template_like_transformers(run, hf):
     new = out[0, len(ids):].tolist()
     new = new[:-1] if new and new[-1] in STOPS else new
     assert new, "an empty answer would compare nothing"
-    assert proc.stdout == Tokenizer(LLAMA3).decode(new) + "\n"
+    assert proc.stdout == load_tokenizer(LLAMA3).decode(new) + "\n"
 
 
 LLAMA2 = DATA / "llama2_tokenizer.model"
@@ -129,7 +129,7 @@ def test_a_tokenizer_that_does_not_fit_is_one_line_in_chat_convert_and_train(run
     import tools.chat as chat
 
     with pytest.raises(chat.ChatError, match=r"needs the control token <\|start_header_id\|>"):
-        chat.respond(load_model(final), Tokenizer(LLAMA2), "hi", template="llama3_chat", max_new_tokens=1)
+        chat.respond(load_model(final), load_tokenizer(LLAMA2), "hi", template="llama3_chat", max_new_tokens=1)
     # convert: 32,000 pieces for 128,256 rows is a wrong pairing
     bad = tmp_path / "ckpt"
     bad.mkdir()

@@ -103,9 +103,9 @@ def test_corrupt_weights_file_is_named(tmp_path):
 
 
 def test_non_sentencepiece_tokenizer_is_one_clear_error(tmp_path):
-    from model import Tokenizer
+    from model.tokenizer import load_tokenizer
 
     bad = tmp_path / "tokenizer.model"
     bad.write_bytes(b"definitely not a protobuf")
     with pytest.raises(ValueError, match="tokenizer.model: neither a sentencepiece model nor a tiktoken BPE file"):
-        Tokenizer(bad)
+        load_tokenizer(bad)

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 import train.evaluate as ev
 from data.alpaca import encode_example, encode_prompt
 from data.synthetic import generate_train
+from data.tokenizer_training import train_tokenizer
 from model.args import ModelArgs
 from model.checkpoint import save_checkpoint
 from model.llama import Transformer
 from model.sampling import generate, generate_batch
-from model.tokenizer import Tokenizer
-from tools.train_tokenizer import train_tokenizer
+from model.tokenizer import load_tokenizer
 
 RECORDS = [
     {"instruction": "What is 3 plus 4?", "input": "", "output": "7", "family": "add"},
@@ -31,7 +31,7 @@ def tok(tmp_path_factory):
     d = tmp_path_factory.mktemp("evtok")
     data = d / "train.json"
     data.write_text(json.dumps(generate_train(400, seed=0) + RECORDS, ensure_ascii=False), encoding="utf-8")
-    return Tokenizer(train_tokenizer([str(data)], vocab_size=500, out=str(d / "tok.model")))
+    return load_tokenizer(train_tokenizer([str(data)], vocab_size=500, out=str(d / "tok.model")))
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +131,18 @@ def test_cli_on_a_saved_checkpoint(memorised, tok, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("exact-match accuracy on 4 held-out prompts: 1.000")
     assert ev.main(["--ckpt", str(tmp_path / "missing"), "--data", str(data)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, text, problem", [
+    ("held.json", json.dumps([RECORDS[0], {**RECORDS[1], "output": 5}]),
+     "record 1: field 'output': expected a string, got integer"),
+    ("held.jsonl", json.dumps(RECORDS[0]) + "\n{not json\n", "line 2: invalid JSON at column 2"),
+])
+def test_cli_names_the_bad_record_in_one_line(tok, tmp_path, capsys, name, text, problem):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    data = tmp_path / name
+    data.write_text(text, encoding="utf-8")
+    assert ev.main(["--ckpt", str(ckpt), "--data", str(data), "--tokenizer", tok.path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {data}: {problem}") and err.count("\n") == 1

@@ -11,8 +11,9 @@ import sentencepiece as spm
 
 from data.prompts import format_prompt
 from data.synthetic import generate_train
-from model.tokenizer import Tokenizer
-from tools.train_tokenizer import main, train_tokenizer
+from data.tokenizer_training import train_tokenizer
+from model.tokenizer import load_tokenizer
+from tools.train_tokenizer import main
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_special_ids_follow_llama(tok_path):
     sp = spm.SentencePieceProcessor(model_file=tok_path)
     assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, -1)
     assert sp.get_piece_size() == 600
-    tok = Tokenizer(tok_path)
+    tok = load_tokenizer(tok_path)
     assert tok.encode("hi", bos=True, eos=True)[0] == 1 and tok.encode("hi", bos=True, eos=True)[-1] == 2
     assert tok.pad_id == tok.eos_id == 2  # no pad piece: the project's padding policy pads with EOS
 
@@ -44,14 +45,14 @@ def test_special_ids_follow_llama(tok_path):
     "Sort: 10 2 33",
 ])
 def test_round_trip_is_lossless(tok_path, text):
-    tok = Tokenizer(tok_path)
+    tok = load_tokenizer(tok_path)
     ids = tok.encode(text)
     assert 0 not in ids  # nothing becomes <unk>: unseen characters go through bytes
     assert tok.decode(ids) == text
 
 
 def test_digits_are_single_pieces(tok_path):
-    tok = Tokenizer(tok_path)
+    tok = load_tokenizer(tok_path)
     pieces = [tok.id_to_piece(i) for i in tok.encode("12345")]
     assert [p.lstrip("\u2581") for p in pieces if p != "\u2581"] == ["1", "2", "3", "4", "5"]
 
@@ -64,7 +65,7 @@ def test_template_text_takes_a_few_ordinary_pieces(tok_path):
     proto.ParseFromString(open(tok_path, "rb").read())
     kinds = {p.type for p in proto.pieces}
     assert pb.ModelProto.SentencePiece.USER_DEFINED not in kinds
-    tok = Tokenizer(tok_path)
+    tok = load_tokenizer(tok_path)
     prompt = format_prompt({"instruction": "Sort the numbers.", "input": "3 1"}, "alpaca")
     pieces = [tok.id_to_piece(i) for i in tok.encode(prompt)]
     preamble = ("▁Below is an instruction that describes a task, paired with an input that provides "

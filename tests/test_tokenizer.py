@@ -8,7 +8,7 @@ import pytest
 import sentencepiece as spm
 from hf_reference import SHARED_TOKENIZER
 
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, load_tokenizer
 
 pytestmark = pytest.mark.skipif(not SHARED_TOKENIZER.is_file(), reason=f"{SHARED_TOKENIZER} not present")
 
@@ -22,7 +22,7 @@ KOREAN = [
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    return Tokenizer(SHARED_TOKENIZER)
+    return load_tokenizer(SHARED_TOKENIZER)
 
 
 def test_llama2_special_ids_and_vocabulary(tok):

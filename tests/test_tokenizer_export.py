@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from data.alpaca import encode_prompt  # noqa: E402
 from data.prompts import format_prompt  # noqa: E402
-from model.tokenizer import Tokenizer  # noqa: E402
+from model.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
 from tools.hf_tokenizer import bpe_vocab_and_merges, bytes_to_unicode, write_hf_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_tiny_default_tokenizer_matches_transformers_on_every_heldout_prompt(tmp
     from data.synthetic import build_tiny_assets
 
     assets = build_tiny_assets(tmp_path / "assets", seed=0)
-    tok = Tokenizer(assets["tokenizer"])
+    tok = load_tokenizer(assets["tokenizer"])
     hf = hf_dir(tok, tmp_path / "hf")
     held = json.loads(Path(assets["heldout"]).read_text(encoding="utf-8"))
     assert len(held) == 138
@@ -77,7 +77,7 @@ def test_tiny_default_tokenizer_matches_transformers_on_every_heldout_prompt(tmp
 
 @pytest.mark.skipif(not LLAMA2.is_file(), reason=f"{LLAMA2} not present")
 def test_llama2_sentencepiece_matches_transformers(tmp_path):
-    tok = Tokenizer(LLAMA2)
+    tok = load_tokenizer(LLAMA2)
     hf = hf_dir(tok, tmp_path / "hf")
     assert_same_ids(tok, hf, records("gsm8k_alpaca.json", every=25) + ko_records())
     gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
@@ -88,7 +88,7 @@ def test_llama2_sentencepiece_matches_transformers(tmp_path):
 def llama3(tmp_path_factory):
     if not LLAMA3.is_file():
         pytest.skip(f"{LLAMA3} not present")
-    tok = Tokenizer(LLAMA3)
+    tok = load_tokenizer(LLAMA3)
     return tok, hf_dir(tok, tmp_path_factory.mktemp("l3") / "hf", 8192)
 
 

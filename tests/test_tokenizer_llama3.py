@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from data.alpaca import encode_prompt, tokenize_example
-from model.tokenizer import Tokenizer, TokenizerError
+from model.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -28,7 +28,7 @@ SENTENCE = [2028, 374, 264, 1296, 11914, 13]  # "This is a test sentence." (Meta
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    return Tokenizer(LLAMA3)
+    return load_tokenizer(LLAMA3)
 
 
 def test_special_token_layout(tok):
@@ -129,11 +129,11 @@ def test_not_a_tokenizer_is_one_line(tmp_path):
     bad = tmp_path / "tok.model"
     bad.write_bytes(b"\x00\x01 not a model at all")
     with pytest.raises(TokenizerError, match=r"tok.model: neither a sentencepiece model nor a tiktoken BPE file"):
-        Tokenizer(bad)
+        load_tokenizer(bad)
     broken = tmp_path / "broken.model"  # starts like a tiktoken file, then a line that is not
     broken.write_text("IQ== 0\nIg== 1\nnot base64!! x\n")
     with pytest.raises(TokenizerError, match=r"broken.model: not a valid tiktoken BPE file"):
-        Tokenizer(broken)
+        load_tokenizer(broken)
 
 
 def test_train_rejects_a_bad_tokenizer_in_one_line(tmp_path):

@@ -28,7 +28,7 @@ def test_bench_train_reports_real_tokens_per_s_and_mfu_only_with_a_known_peak(tm
 
     from model.args import ModelArgs
     from model.llama import Transformer
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import load_tokenizer
 
     assets = tiny_assets(tmp_path / "assets")
     cfg = tiny_config(tmp_path / "tiny.yaml", assets, tmp_path / "cache")
@@ -37,7 +37,7 @@ def test_bench_train_reports_real_tokens_per_s_and_mfu_only_with_a_known_peak(tm
     assert r["mfu"] is None and r["peak_source"].startswith("none")  # a CPU has no table peak
     # The FLOPs basis is the real parameter count of the model that was trained.
     args = ModelArgs.preset("debug", dim=64, n_layers=2, max_seq_len=128,
-                            vocab_size=Tokenizer(assets["tokenizer"]).vocab_size)
+                            vocab_size=load_tokenizer(assets["tokenizer"]).vocab_size)
     assert r["params"] == sum(p.numel() for p in Transformer(args).parameters())
     declared = bench(cfg, "--peak-tflops", "0.5")
     assert declared["peak_source"].startswith("declared")

@@ -154,10 +154,10 @@ def test_exported_checkpoint_answers_in_tools_chat_like_a_direct_greedy_decode(s
     from data.prompts import format_prompt
     from model.checkpoint import load_model
     from model.sampling import generate
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import load_tokenizer
 
     final = straight_w2 / "final"
-    model, tok = load_model(final), Tokenizer(final / "tokenizer.model")
+    model, tok = load_model(final), load_tokenizer(final / "tokenizer.model")
     prompt = format_prompt({"instruction": "Add the two numbers.", "input": "2 3"}, "alpaca")
     expected = tok.decode(generate(model, tok.encode(prompt, bos=True), 8, eos_id=tok.eos_id))
     proc = subprocess.run([sys.executable, "-m", "tools.chat", "--ckpt", str(final), "--instruction",
@@ -218,12 +218,12 @@ def test_heldout_loss_over_two_ranks_matches_a_direct_computation(setup, straigh
 
     from data.prompts import format_prompt
     from model.checkpoint import load_model
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import load_tokenizer
 
     _, assets, _ = setup
     logged = [json.loads(x) for x in (straight_w2 / "metrics.jsonl").read_text().splitlines()]
     final_eval = [r for r in logged if "eval_loss" in r and r["step"] == 8][0]
-    model, tok = load_model(straight_w2 / "final"), Tokenizer(assets["tokenizer"])
+    model, tok = load_model(straight_w2 / "final"), load_tokenizer(assets["tokenizer"])
     total, count = 0.0, 0
     for rec in json.loads(Path(assets["heldout"]).read_text()):
         prompt = [tok.bos_id] + tok.encode(format_prompt(rec, "alpaca"))

@@ -63,10 +63,10 @@ def bench_train(argv: list[str]) -> int:
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     peak = peak_flops(device)
 
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import load_tokenizer
     from train.build import model_args
 
-    args = model_args(cfg, Tokenizer(cfg.tokenizer or str(Path(cfg.model.init_from) / "tokenizer.model")))
+    args = model_args(cfg, load_tokenizer(cfg.tokenizer or str(Path(cfg.model.init_from) / "tokenizer.model")))
     # Model FLOPs of the measured steps, attention counted per document (train/metrics.py).
     flops = sum(model_flops(args, r["tokens"], r["attention_pairs"], r["targets"]) for r in rows)
     result = {

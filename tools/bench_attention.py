@@ -25,9 +25,9 @@ import torch.nn.functional as F
 def packed_batches(ns) -> list[dict]:
     from data.alpaca import IGNORE_INDEX, load_records, tokenize_example
     from data.collate import collate_packed
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import load_tokenizer
 
-    tok = Tokenizer(ns.tokenizer)
+    tok = load_tokenizer(ns.tokenizer)
     examples = []
     for rec in load_records(ns.data)[: ns.examples]:
         ex = tokenize_example(tok, rec, max_len=ns.max_len)

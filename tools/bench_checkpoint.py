@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
     from model.manifest import check_checksums, check_sizes, read_manifest
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import load_tokenizer
     from train import checkpoint as ckpt
     from train.build import build_training, model_args
     from train.config import load_config
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(ns.config, ns.overrides)
     info = init_distributed()
-    args = model_args(cfg, Tokenizer(cfg.tokenizer))
+    args = model_args(cfg, load_tokenizer(cfg.tokenizer))
     model, optimizer, _ = build_training(cfg, args, info, total_steps=1)
     root = Path(ns.dir)
     shutil.rmtree(root, ignore_errors=True)

@@ -26,7 +26,7 @@ from data.prompts import TEMPLATES, get_template
 from model.checkpoint import CheckpointError, load_args, load_model
 from model.llama import Transformer
 from model.sampling import generate
-from model.tokenizer import Tokenizer, TokenizerError, vocab_mismatch
+from model.tokenizer import Tokenizer, TokenizerError, load_tokenizer, vocab_mismatch
 
 
 class ChatError(Exception):
@@ -70,7 +70,7 @@ def load(ckpt: Path, tokenizer_path: Path | None, device: str, dtype: torch.dtyp
         raise ChatError(f"{tok_path}: tokenizer not found (pass --tokenizer PATH)")
     try:
         args = load_args(ckpt)
-        tokenizer = Tokenizer(tok_path)
+        tokenizer = load_tokenizer(tok_path)
     except (CheckpointError, TokenizerError) as e:
         raise ChatError(str(e)) from None
     problem = vocab_mismatch(tok_path, tokenizer.vocab_size, args.vocab_size)

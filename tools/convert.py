@@ -38,7 +38,7 @@ from model.checkpoint import (
 )
 from model.llama import Transformer
 from model.manifest import write_manifest
-from model.tokenizer import Tokenizer, TokenizerError, vocab_mismatch
+from model.tokenizer import TokenizerError, load_tokenizer, vocab_mismatch
 from tools.convert_hf import (
     HF_IGNORED_RE,
     ConvertError,
@@ -69,7 +69,7 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
 def tokenizer_vocab(path: Path) -> int:
     """Number of ids a tokenizer file produces: sentencepiece (LLaMA 1/2) or tiktoken (Llama 3)."""
     try:
-        return Tokenizer(path).vocab_size
+        return load_tokenizer(path).vocab_size
     except TokenizerError as e:
         raise ConvertError(str(e)) from None
 
@@ -285,7 +285,7 @@ def convert_to_hf(src: Path, dst: Path, dtype: torch.dtype | None, max_shard_byt
     tokenizer = None
     if tok_src.is_file():
         check_tokenizer(tok_src, args.vocab_size)
-        tokenizer = Tokenizer(tok_src)
+        tokenizer = load_tokenizer(tok_src)
     expected = expected_shapes(args)
 
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in a.data:  # bad data fails here, before torch and the tokenizer are loaded
             read_records(path, a.skip_invalid)
-        from model.tokenizer import Tokenizer, TokenizerError
+        from model.tokenizer import TokenizerError, load_tokenizer
 
         try:
-            tokenizer = Tokenizer(a.tokenizer)
+            tokenizer = load_tokenizer(a.tokenizer)
         except TokenizerError as e:  # neither sentencepiece nor tiktoken: one line, exit 2
             raise DataError(str(e)) from None
         cfg = DataConfig(paths=a.data, template=a.template, max_len=a.max_len, skip_invalid=a.skip_invalid,

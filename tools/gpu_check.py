@@ -141,10 +141,10 @@ def make_loader(cfg, micro: int, data: str | None, tokenizer: str | None):
     if not data or not tokenizer or not Path(tokenizer).is_file():
         return None
     from data.loader import AlpacaLoader
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import load_tokenizer
 
     cfg.data = dataclasses.replace(cfg.data, paths=[data], num_proc=1)
-    return iter(AlpacaLoader(cfg.data, Tokenizer(tokenizer), micro, 0, 1, 0))
+    return iter(AlpacaLoader(cfg.data, load_tokenizer(tokenizer), micro, 0, 1, 0))
 
 
 def random_batches(cfg, micro: int, vocab: int):

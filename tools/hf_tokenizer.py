@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from model.tokenizer import SentencePieceTokenizer, Tokenizer
+from model.sentencepiece_tokenizer import SentencePieceTokenizer
+from model.tokenizer import Tokenizer
 from tools.convert_hf import hf_tokenizer_config
 
 

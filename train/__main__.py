@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after the config is valid: a typo should not wait for torch to load.
     from data.alpaca import DataError
     from model.checkpoint import CheckpointError
-    from train.checkpoint import ResumeError, SaveError
+    from train.checkpoint import SaveError
     from train.loop import train
     from train.run import TrainingError
+    from train.verify import ResumeError
 
     try:
         train(cfg)

@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from model.args import ModelArgs
 from model.checkpoint import load_args, load_state_dict
 from model.llama import Transformer
-from model.tokenizer import Tokenizer, TokenizerError
+from model.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from train import checkpoint as ckpt
 from train import parallel
 from train.config import ConfigError, TrainConfig
@@ -60,7 +60,7 @@ def resolve_inputs(cfg: TrainConfig, info: DistInfo) -> Inputs:
     if not tokenizer_path or not Path(tokenizer_path).is_file():
         raise ConfigError(f"tokenizer not found: {tokenizer_path} (set `tokenizer:` in the config)")
     try:
-        tokenizer = Tokenizer(tokenizer_path)
+        tokenizer = load_tokenizer(tokenizer_path)
     except TokenizerError as e:  # neither format: one line naming the file
         raise ConfigError(str(e)) from None
     args = model_args(cfg, tokenizer)

@@ -25,17 +25,9 @@ from typing import Any
 
 import torch
 
-from data.alpaca import encode_prompt
+from data.alpaca import DataError, encode_prompt, load_records
 from model.sampling import generate, generate_batch
-from model.tokenizer import Tokenizer, TokenizerError
-
-
-def load_records(path: str | Path) -> list[dict[str, Any]]:
-    """Alpaca-format records from a JSON list or a JSONL file."""
-    text = Path(path).read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+from model.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 
 def respond_all(model: torch.nn.Module, tokenizer: Tokenizer, records: list[dict[str, Any]],
@@ -185,18 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         records = load_records(args.data)
-    except json.JSONDecodeError as e:
-        print(f"error: {args.data} is not valid JSON/JSONL: {e}", file=sys.stderr)
+    except DataError as e:  # one line naming the file, the record and the field
+        print(f"error: {e}", file=sys.stderr)
         return 2
     records = records[: args.limit] if args.limit else records
-    bad = next((i for i, r in enumerate(records)
-                if not isinstance(r, dict) or not isinstance(r.get("instruction"), str)
-                or not isinstance(r.get("output"), str)), None)
-    if bad is not None:
-        print(f"error: {args.data}: record {bad} needs string 'instruction' and 'output'", file=sys.stderr)
-        return 2
     try:
-        tokenizer = Tokenizer(tok_path)
+        tokenizer = load_tokenizer(tok_path)
     except TokenizerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -50,8 +50,6 @@ PEAK_TFLOPS_BF16 = {
     "NVIDIA A100 80GB PCIe": 312.0,
     "NVIDIA A100-PCIE-40GB": 312.0,
 }
-# Timing fields differ run to run; everything else in a row is a deterministic fact of training.
-TIMING_KEYS = ("tokens_per_s", "step_time_s", "mfu", "peak_mem_gb", "elapsed_s", "eta_s")
 
 
 def matmul_params(args: ModelArgs) -> int:

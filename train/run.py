@@ -32,7 +32,7 @@ from train.metrics import MetricsLogger
 from train.optim import set_schedule
 from train.preempt import StopRequest
 from train.step import StepBatches, StepResult
-from train.verify import clean_partial, resolve_resume
+from train.verify import ResumeError, clean_partial, resolve_resume
 
 RUN_FILES = ("final", "metrics.jsonl", "tb", "eval.json", "checkpoints")
 
@@ -94,7 +94,7 @@ class Run:
             try:
                 loader.load_state_dict(state["loader"])
             except ValueError as e:  # other data, or a batch split that does not fit the position
-                raise ckpt.ResumeError(f"resume: {self.resume_from}: {e}") from None
+                raise ResumeError(f"resume: {self.resume_from}: {e}") from None
             if "rng" in state:  # absent when the checkpoint came from another world size
                 ckpt.set_rng_state(state["rng"], info.device)
             self.step, self.nonfinite_in_a_row = state["step"], state["nonfinite_in_a_row"]
