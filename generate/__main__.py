@@ -34,7 +34,9 @@ def _api_key(config) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m generate", description=__doc__.splitlines()[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML config (see configs/self_instruct.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. lang=ko")
     args = parser.parse_args(argv)

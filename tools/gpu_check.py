@@ -219,7 +219,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tools.gpu_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.gpu_check", description=__doc__.splitlines()[0],
+                                     epilog="Exit status: 0 measured; 2 no CUDA device without --cpu, or bad arguments.")
     parser.add_argument("--cpu", action="store_true", help="reduced shapes on the CPU (no CUDA kernels)")
     parser.add_argument("--slice-layers", type=int, default=4, help="layers of the 7B-shaped slice")
     parser.add_argument("--data", default=None, help="Alpaca-format JSON (default ../shared/data/gsm8k_alpaca.json)")
