@@ -7,7 +7,11 @@ adapted once instead of retried, and every attempt must be counted for the cost 
 SDK's retries are therefore switched off (`max_retries=0`).
 
 What is transient (retried with backoff): 429, 408, 409, 5xx, timeouts, connection errors and
-malformed bodies. What is not (one line, exit 2, no retry): 401/403/404 and any other 4xx that
+malformed bodies. Connection errors are printed to stderr as they happen (the URL without
+credentials or query, and the network error), because a silent retry loop looks like a hang. Until
+the server has answered once, `retry.max_connection_failures` failed connections in a row stop the
+run (`Unreachable`, exit 1): a wrong URL or a server that is not up should fail in seconds, not
+after the whole retry budget of every request. What is not (one line, exit 2, no retry): 401/403/404 and any other 4xx that
 is neither a context-length error nor an unsupported parameter we can adapt to (a 422 from a
 validating server is a bad request, not bad luck).
 
@@ -18,11 +22,13 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 import openai
+from tqdm import tqdm
 
 from generate.config import GenerateConfig
 from generate.endpoint import (
@@ -34,7 +40,8 @@ from generate.endpoint import (
     is_context_error,
     unsupported_parameter,
 )
-from generate.errors import StopRun, UserError
+from generate.errors import StopRun, Unreachable, UserError
+from generate.pricing import public_url
 from generate.ratelimit import RateLimiter
 
 __all__ = ["Completion", "ModelClient", "Usage"]
@@ -77,6 +84,24 @@ def _retry_after(error: Exception) -> float | None:
     return None
 
 
+def _network_error(error: Exception) -> str:
+    """The network layer's own words ("ConnectError: [Errno 111] Connection refused"); the SDK's
+    message alone is just "Connection error."."""
+    cause = error.__cause__ or error.__context__
+    return f"{type(cause).__name__}: {cause}" if cause is not None else f"{type(error).__name__}: {error}"
+
+
+def _is_connect_failure(error: Exception) -> bool:
+    """No HTTP exchange happened (refused, reset, DNS, connect timeout), as opposed to a slow answer."""
+    if isinstance(error, openai.APITimeoutError):
+        return type(error.__cause__).__name__ == "ConnectTimeout"
+    return isinstance(error, openai.APIConnectionError)
+
+
+def _stderr_line(line: str) -> None:
+    tqdm.write(line, file=sys.stderr)  # through tqdm so a progress bar on stderr is redrawn, not torn
+
+
 class ModelClient:
     """Sends one prompt, returns one `Completion`, or raises StopRun/UserError; never loops forever.
 
@@ -85,7 +110,8 @@ class ModelClient:
 
     def __init__(self, config: GenerateConfig, api_key: str,
                  sleep: Callable[[float], None] = time.sleep, endpoint: Endpoint | None = None,
-                 on_adapt: Callable[[dict, str], None] | None = None) -> None:
+                 on_adapt: Callable[[dict, str], None] | None = None,
+                 report: Callable[[str], None] = _stderr_line) -> None:
         self.config = config
         self.usage = Usage()
         self.endpoint = endpoint or Endpoint(config)
@@ -97,6 +123,10 @@ class ModelClient:
         self.sdk = openai.OpenAI(api_key=api_key, base_url=config.base_url, max_retries=0)
         self._probe = threading.Lock()
         self._learned = threading.Event()
+        self._report = report
+        self.url = public_url(config.base_url)
+        self._reached = False  # the server has sent at least one HTTP response
+        self._gave_up: StopRun | None = None  # the first request's failure, shared by the others
 
     @property
     def max_tokens(self) -> int:
@@ -110,7 +140,8 @@ class ModelClient:
     def _call(self, prompt: str, body: dict) -> Completion:
         timeout = self.config.request.timeout_for(body.get("max_tokens") or body.get("max_completion_tokens"))
         api = self.sdk.chat.completions if self.endpoint.chat else self.sdk.completions
-        raw = api.with_raw_response.create(**body, timeout=timeout)
+        connect = min(timeout, self.config.request.connect_timeout_s)
+        raw = api.with_raw_response.create(**body, timeout=openai.Timeout(timeout, connect=connect))
         return completion_from_body(json.loads(raw.http_response.text), self.endpoint.chat, prompt)
 
     def _backoff(self, attempt: int, error: Exception) -> float:
@@ -154,8 +185,14 @@ class ModelClient:
         all, so a concurrent run learns it once instead of once per thread."""
         if not self._learned.is_set():
             with self._probe:
+                if self._gave_up is not None:  # else each waiting thread would spend the budget again
+                    raise self._gave_up
                 if not self._learned.is_set():
-                    completion = self._complete(prompt)
+                    try:
+                        completion = self._complete(prompt)
+                    except StopRun as e:
+                        self._gave_up = e
+                        raise
                     self._learned.set()
                     return completion
         return self._complete(prompt)
@@ -166,7 +203,7 @@ class ModelClient:
         Adaptations (context shrink, parameter switch, budget raise) are bounded by themselves
         (each changes the request), and by a hard cap on the loop as a second net."""
         attempts = self.config.retry.max_retries + 1
-        failures, last, paid = 0, "no attempt made", None
+        failures, connect_failures, last, paid = 0, 0, "no attempt made", None
         for _ in range(attempts + 16):
             body = self.endpoint.body(prompt)
             budget = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -174,6 +211,7 @@ class ModelClient:
             try:
                 completion = self._call(prompt, body)
             except openai.APIStatusError as e:
+                self._reached = True
                 if e.status_code < 500 and e.status_code not in _TRANSIENT_4XX or is_context_error(error_text(e), e.body):
                     last = self._client_error(e, body)
                     continue
@@ -184,6 +222,7 @@ class ModelClient:
                     IndexError, KeyError) as e:
                 kind, error, last = "MalformedResponse", e, f"malformed response ({type(e).__name__})"
             else:
+                self._reached = True
                 self.usage.add()
                 if paid is not None:  # earlier answers to this prompt that were paid for and empty
                     for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens"):
@@ -202,7 +241,19 @@ class ModelClient:
                 return completion
             failures += 1
             self.usage.add_error(kind)
+            if _is_connect_failure(error):
+                connect_failures += 1
+                cap = self.config.retry.max_connection_failures
+                if not self._reached and connect_failures >= min(cap, attempts):
+                    raise Unreachable(f"cannot connect to {self.url} ({_network_error(error)}) after "
+                                      f"{connect_failures} attempts; is the server up and base_url right?")
             if failures >= attempts:
+                if _is_connect_failure(error):
+                    self._report(f"connection error: {self.url}: {_network_error(error)}; giving up")
                 break
-            self._sleep(self._backoff(failures - 1, error))
+            wait = self._backoff(failures - 1, error)
+            if _is_connect_failure(error):
+                self._report(f"connection error: {self.url}: {_network_error(error)}; "
+                             f"retry {failures} of {attempts - 1} in {wait:.1f} s")
+            self._sleep(wait)
         raise StopRun(f"request failed {failures} times, giving up (last error: {last})")

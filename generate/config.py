@@ -40,6 +40,7 @@ class RequestConfig:
     stop: list[str] | None = None
     timeout_s: float | None = None  # null = 60 s + budget / min_tokens_per_s (a CPU server is slow)
     min_tokens_per_s: float = 10.0  # the slowest generation speed the automatic timeout allows for
+    connect_timeout_s: float = 10.0  # opening a connection: a host that does not answer fails fast
 
     def budget_limit(self) -> int:
         return self.max_tokens_limit if self.max_tokens_limit is not None else 4 * self.max_tokens
@@ -55,6 +56,8 @@ class RetryConfig:
     max_retries: int = 6
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
+    # Until the server has answered once, this many failed connections in a row stop the run.
+    max_connection_failures: int = 4
 
 
 @dataclass
@@ -164,6 +167,8 @@ class GenerateConfig:
             (0.0 <= self.machine_ratio <= 1.0, "machine_ratio must be in [0, 1]"),
             (0.0 < self.dedup.threshold <= 1.0, "dedup.threshold must be in (0, 1]"),
             (self.retry.max_retries >= 0, "retry.max_retries must be >= 0"),
+            (self.retry.max_connection_failures >= 1, "retry.max_connection_failures must be >= 1"),
+            (self.request.connect_timeout_s > 0, "request.connect_timeout_s must be > 0"),
             (self.request.max_tokens > 0, "request.max_tokens must be > 0"),
         ]
         for ok, message in checks:

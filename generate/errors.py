@@ -2,7 +2,8 @@
 
 `UserError` means bad input (config, seeds, API key): the CLI prints its message and exits 2.
 `StopRun` means the run cannot go on (the server stayed down past the retry budget): the work
-kept so far is saved, the message is printed, and the CLI exits 1.
+kept so far is saved, the message is printed, and the CLI exits 1. `Unreachable` is the StopRun
+of a server that never answered: its message (URL and network error) is the whole report.
 """
 
 
@@ -12,3 +13,7 @@ class UserError(Exception):
 
 class StopRun(Exception):
     """The run must stop early; kept work is saved first; exit status 1."""
+
+
+class Unreachable(StopRun):
+    """No connection to the server before it ever answered; a bigger budget would not help."""

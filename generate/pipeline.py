@@ -26,7 +26,7 @@ from generate.config import GenerateConfig, config_to_dict
 from generate.dedup import RougeDedup
 from generate.encode import build_prompt
 from generate.endpoint import Completion
-from generate.errors import StopRun, UserError
+from generate.errors import StopRun, Unreachable, UserError
 from generate.filters import filter_reason
 from generate.journal import Journal, atomic_write_text
 from generate.parse import Parsed, parse_response
@@ -48,6 +48,7 @@ class RunResult:
     rejected: Counter
     stop_reason: str
     usage: dict
+    unreachable: bool = False  # the server never answered: stop_reason names the URL and the error
 
 
 def _sha(text: str) -> str:
@@ -219,7 +220,7 @@ class Generator:
         if c.progress:
             self.bar = tqdm(total=c.num_instructions, desc="kept", file=sys.stderr, dynamic_ncols=True)
             self._show()
-        stop = None
+        stop, unreachable = None, False
         try:
             if c.api == "batch":
                 from generate.batch import run_batch_rounds
@@ -227,6 +228,8 @@ class Generator:
                 stop = run_batch_rounds(self, replay)
             else:
                 stop = self._run_sync(len(replay.batches), replay.pending_responses)
+        except Unreachable as e:
+            stop, unreachable = str(e), True
         except StopRun as e:
             stop = f"stopped early: {e}"
         finally:
@@ -244,7 +247,7 @@ class Generator:
                  "adaptations": self.adaptations}
         if self.price_note:  # said once, here (local server, or a deliberately uncapped run)
             usage["price_note"] = self.price_note
-        return RunResult(self.kept[:c.num_instructions], self.rejected, stop, usage)
+        return RunResult(self.kept[:c.num_instructions], self.rejected, stop, usage, unreachable)
 
     def _run_sync(self, batch: int, pending: dict[int, dict]) -> str:
         """Rounds of `concurrency` concurrent requests until a stop reason; returns it."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from generate.config import GenerateConfig, Price
 from generate.errors import UserError
@@ -37,6 +37,12 @@ BUILTIN_PRICES: dict[str, Price] = {
 }
 
 _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # "gpt-4o-mini-2024-07-18" is priced as "gpt-4o-mini"
+
+
+def public_url(base_url: str | None) -> str:
+    """The endpoint as it may be printed: user:password and the query (where a key could be) cut."""
+    parts = urlsplit(base_url or "https://api.openai.com/v1")
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def is_local(base_url: str | None) -> bool:
@@ -84,7 +90,7 @@ def check_priced(config: GenerateConfig) -> str | None:
                         f"in the config (prices: {{{config.model}: {{input_per_1m: ..., output_per_1m: ...}}}}, "
                         f"or prices.{config.model}.input_per_1m=... on the command line) or opt out "
                         f"of the cap with max_cost_usd=null")
-    return f"note: local server at {config.base_url}: unpriced, cost counted as $0"
+    return f"note: local server at {public_url(config.base_url)}: unpriced, cost counted as $0"
 
 
 def cost_usd(price: Price | None, tokens: dict, discount: float = 1.0) -> float:

@@ -1,15 +1,20 @@
 """tools.chat: the Stanford Alpaca prompt, greedy output identical to transformers' greedy
 `generate` on the same weights (run as `python -m tools.chat`, as a user runs it), EOS stops,
-top-p, the interactive loop, and one-line errors for a bad --ckpt."""
+top-p, the interactive loop on a terminal, one answer line per piped line, and one-line errors
+for a bad --ckpt or --device."""
 
 from __future__ import annotations
 
+import os
+import pty
 import shutil
+import subprocess
+import sys
 
 import pytest
 import sentencepiece as spm
 import torch
-from hf_reference import hf_config, random_hf_llama, run_module, train_sentencepiece
+from hf_reference import REPO, hf_config, random_hf_llama, run_module, train_sentencepiece
 from safetensors.torch import load_file, save_file
 
 from tools.chat import main as chat_main
@@ -85,17 +90,85 @@ def test_tiny_top_p_samples_the_greedy_tokens_and_seeds_reproduce(chat_setup, ca
     assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
 
 
+def _chat_on_terminal(ckpt, *args: str, typed: str) -> tuple[int, str, str]:
+    """tools.chat with a pseudo-terminal as stdin (what a user at a shell has), `typed` typed ahead."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "tools.chat", "--ckpt", str(ckpt), *args], cwd=REPO,
+                                env=env, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.write(master, typed.encode())
+        out, err = proc.communicate(timeout=180)
+    finally:
+        os.close(master)
+        os.close(slave)
+    return proc.returncode, out.decode(), err.decode()
+
+
 def test_interactive_loop_answers_each_instruction_and_exits_on_empty_line(chat_setup):
     ckpt, hf, sp = chat_setup
-    stdin = "List three words.\n\nName a model.\nllama\n\n"  # instruction, input, ..., empty = quit
-    proc = _chat(ckpt, "--temperature", "0", "--max-new-tokens", "12", stdin=stdin)
-    assert proc.returncode == 0, proc.stderr
+    typed = "List three words.\n\nName a model.\nllama\n\n"  # instruction, input, ..., empty = quit
+    code, out, err = _chat_on_terminal(ckpt, "--temperature", "0", "--max-new-tokens", "12", typed=typed)
+    assert code == 0, err
     first = _hf_greedy_text(hf, sp, NO_INPUT.format(instruction="List three words."), 12)
     second = _hf_greedy_text(hf, sp, WITH_INPUT.format(instruction="Name a model.", input="llama"), 12)
-    assert proc.stdout == f"{first}\n{second}\n"
-    assert "Instruction:" in proc.stderr  # prompts go to stderr, stdout carries only responses
-    eof = _chat(ckpt, "--temperature", "0", "--max-new-tokens", "4", stdin="")  # Ctrl-D at once
-    assert eof.returncode == 0 and eof.stdout == ""
+    assert out == f"{first}\n{second}\n"
+    assert "Instruction:" in err and "Input (optional):" in err  # prompts on stderr, stdout has answers
+    code, out, _ = _chat_on_terminal(ckpt, "--temperature", "0", "--max-new-tokens", "4", typed="\x04")
+    assert code == 0 and out == ""  # Ctrl-D at once
+
+
+def _one_line(text: str) -> str:
+    """An answer as piped mode writes it (the documented escapes), computed from the oracle's text."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def test_piped_lines_are_one_instruction_each_and_get_one_answer_line_each(chat_setup):
+    ckpt, hf, sp = chat_setup
+    questions = ["What is 7 plus 8?", "Give the last word: apple river stone cloud", "", "Name a colour."]
+    proc = _chat(ckpt, "--temperature", "0", "--max-new-tokens", "24", stdin="\n".join(questions) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    answers = proc.stdout.split("\n")
+    assert answers[-1] == "" and len(answers) - 1 == len(questions)  # one line per input line
+    for question, answer in zip(questions, answers[:-1], strict=True):
+        expected = _hf_greedy_text(hf, sp, NO_INPUT.format(instruction=question), 24) if question else ""
+        assert answer == _one_line(expected), question
+    assert answers[0] != answers[1]  # the second line was asked, not taken as the first one's input
+    assert "Instruction:" not in proc.stderr
+
+
+def test_piped_answer_with_a_newline_stays_on_one_line(chat_setup, tmp_path):
+    """Swap the output rows of the newline byte and the first greedy token of the first answer:
+    that answer then starts with "\\n", which must come out as the two characters \\n so the
+    second question's answer is still on line two."""
+    ckpt, hf, sp = chat_setup
+    newline = sp.piece_to_id("<0x0A>")
+    assert newline != sp.unk_id() and sp.decode([newline]) == "\n"
+    prompt = [sp.bos_id()] + sp.encode(NO_INPUT.format(instruction="First?"))
+    with torch.no_grad():
+        first = hf.generate(torch.tensor([prompt]), max_new_tokens=1, do_sample=False,
+                            pad_token_id=0)[0, -1].item()
+    assert first not in (newline, EOS)
+    swapped = tmp_path / "ckpt"
+    shutil.copytree(ckpt, swapped)
+    weights = load_file(swapped / "model.safetensors")
+    weights["output.weight"][[newline, first]] = weights["output.weight"][[first, newline]]
+    save_file(weights, swapped / "model.safetensors", metadata={"format": "pt"})
+    (swapped / "manifest.json").unlink(missing_ok=True)  # edited on purpose: the manifest would refuse it
+    proc = _chat(swapped, "--temperature", "0", "--max-new-tokens", "4", stdin="First?\nSecond?\n")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")
+    assert len(lines) == 3 and lines[2] == "" and lines[0].startswith("\\n"), proc.stdout
+
+
+def test_cuda_device_without_cuda_is_one_line_and_exit_2(chat_setup):
+    ckpt, _, _ = chat_setup
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device cuda is valid here")
+    for device in ("cuda", "cuda:1", "nonsense"):
+        proc = _chat(ckpt, "--instruction", "hi", "--device", device)
+        assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"error: --device {device}: ")
 
 
 def test_bad_ckpt_is_one_line_and_exit_2(chat_setup, tmp_path, capsys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,6 +89,36 @@ def test_api_key_is_used_but_never_written_or_logged(tmp_path):
     assert secret not in proc.stdout + proc.stderr
     for path in tmp_path.rglob("*"):
         assert secret not in path.read_text(encoding="utf-8"), path
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on: bound, read, closed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_stops_within_a_minute_naming_the_url(tmp_path):
+    """The shipped retry settings (no FAST): each refused connection is a line on stderr as it
+    happens, then one error line with the URL and the network error, exit 1, well within a minute."""
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    secret = "sk-never-print-me-0123456789"
+    start = time.monotonic()
+    proc = generate("--config", "configs/self_instruct.yaml", f"base_url={url}", "model=local",
+                    "num_instructions=5", f"output_dir={tmp_path}", "progress=false",
+                    environ=env(OPENAI_API_KEY=secret))
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    assert elapsed < 60
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and secret not in proc.stdout + proc.stderr
+    # configs/self_instruct.yaml: max_connection_failures 4 = 3 retried attempts, then the stop
+    assert len(lines) == 4
+    for line in lines[:-1]:
+        assert line.startswith(f"connection error: {url}: ConnectError: ") and "Connection refused" in line
+    assert lines[-1].startswith(f"error: cannot connect to {url} (ConnectError: ") and "Connection refused" in lines[-1]
+    assert "budget" not in lines[-1]
+    assert json.loads(proc.stdout)["kept"] == 0
 
 
 def test_dead_server_exits_1_with_kept_work_saved(tmp_path):

@@ -20,7 +20,7 @@ from test_generate_fakeserver import FakeOpenAI
 from generate.client import ModelClient
 from generate.config import RequestConfig, load_config
 from generate.endpoint import fitting_budget, is_context_error, unsupported_parameter
-from generate.errors import StopRun, UserError
+from generate.errors import StopRun, Unreachable, UserError
 from generate.ratelimit import RateLimiter
 
 PROMPT = "1. Instruction: Name a colour.\nInput: <noinput>\nOutput: Blue.\n\n2. Instruction:"
@@ -34,12 +34,14 @@ def server():
 
 
 def make_client(base_url: str, *overrides: str, sleeps: list | None = None,
-                adaptations: list | None = None) -> ModelClient:
+                adaptations: list | None = None, reports: list | None = None) -> ModelClient:
     config = load_config(None, [f"base_url={base_url}", "retry.backoff_base_s=0.001",
                                 "retry.backoff_max_s=0.01", "request.timeout_s=0.25", *overrides])
     sleep = sleeps.append if sleeps is not None else (lambda s: None)
     on_adapt = (lambda change, why: adaptations.append(change)) if adaptations is not None else None
-    return ModelClient(config, "sk-test", sleep=sleep, on_adapt=on_adapt)
+    if reports is None:
+        return ModelClient(config, "sk-test", sleep=sleep, on_adapt=on_adapt)
+    return ModelClient(config, "sk-test", sleep=sleep, on_adapt=on_adapt, report=reports.append)
 
 
 @pytest.mark.parametrize("api", ["chat", "completions"])
@@ -87,8 +89,39 @@ def test_dead_server_stops_cleanly():
     with FakeOpenAI() as s:
         url = s.base_url
     client = make_client(url, "retry.max_retries=2")
-    with pytest.raises(StopRun, match="APIConnectionError"):
+    with pytest.raises(StopRun, match="Connection refused"):
         client.complete(PROMPT)
+    assert client.usage.errors == {"APIConnectionError": 3}
+
+
+def test_a_server_that_never_answered_stops_after_max_connection_failures_and_each_is_reported():
+    with FakeOpenAI() as s:  # started and stopped: its port is closed now
+        url = s.base_url
+    reports: list[str] = []
+    client = make_client(url.replace("http://", "http://user:sk-secret@"), "retry.max_retries=6",
+                         "retry.max_connection_failures=3", reports=reports)
+    with pytest.raises(Unreachable) as info:
+        client.complete(PROMPT)
+    assert str(info.value).startswith(f"cannot connect to {url} (ConnectError: ") and "after 3 attempts" in str(info.value)
+    assert client.usage.errors == {"APIConnectionError": 3}  # 3 of the 7 attempts the budget allows
+    assert len(reports) == 2 and all(r.startswith(f"connection error: {url}: ConnectError: ") for r in reports)
+    assert [r.rsplit("; ", 1)[1].split(" in ")[0] for r in reports] == ["retry 1 of 6", "retry 2 of 6"]
+    assert not any("sk-secret" in line for line in [*reports, str(info.value)])
+    with pytest.raises(Unreachable):  # a request queued behind the first gives up with it, unsent
+        client.complete(PROMPT)
+    assert client.usage.errors == {"APIConnectionError": 3}
+
+
+def test_a_server_that_answered_once_keeps_the_whole_retry_budget_when_it_drops(server):
+    server.die_after = 1
+    reports: list[str] = []
+    client = make_client(server.base_url, "retry.max_retries=4", "retry.max_connection_failures=2",
+                         reports=reports)
+    client.complete(PROMPT)
+    with pytest.raises(StopRun, match="failed 5 times") as info:  # the budget, not the connection cap
+        client.complete(PROMPT)
+    assert not isinstance(info.value, Unreachable)
+    assert len(reports) == 5 and reports[-1].endswith("; giving up")
 
 
 def test_context_length_error_shrinks_max_tokens(server):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 
@@ -12,8 +14,9 @@ import pytest
 
 from model.args import ModelArgs
 from tests.train_helpers import ROOT
+from tools.plan import main as plan_main
 from train.config import load_config
-from train.plan import GB, plan, smallest_fix
+from train.plan import plan, smallest_fix
 
 CONFIGS = ROOT / "configs"
 
@@ -89,18 +92,75 @@ def test_prediction_within_20_percent_of_the_measured_cpu_peak(extra):
     assert 0.8 <= row["predicted_gb"] / row["measured_gb"] <= 1.2, row
 
 
+# Every config whose header states a planner number (all but the tiny default and generate's).
+STATED = ["alpaca_13b.yaml", "alpaca_7b.yaml", "alpaca_7b_fast.yaml", "bench_1b.yaml", "llama2_7b.yaml",
+          "llama2_7b_fast.yaml", "llama31_8b_instruct_alpaca.yaml", "llama3_8b_alpaca.yaml"]
 RECIPES = {"alpaca_7b.yaml": "llama1-7b", "alpaca_13b.yaml": "llama1-13b", "llama2_7b.yaml": "llama2-7b",
            "alpaca_7b_fast.yaml": "llama1-7b", "llama2_7b_fast.yaml": "llama2-7b",
            "llama3_8b_alpaca.yaml": "llama3-8b", "llama31_8b_instruct_alpaca.yaml": "llama3.1-8b"}
+HEADER = re.compile(r"Memory \(python -m tools\.plan ([^)]*)\): ([\d.]+) GB")
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
-def test_every_recipe_header_states_what_the_planner_says_and_fits_8x80(name):
-    import re
+def test_the_configs_that_state_a_planner_number_are_all_listed():
+    stating = sorted(p.name for p in CONFIGS.glob("*.yaml") if HEADER.search(p.read_text()))
+    assert stating == sorted(STATED)
 
-    text = (CONFIGS / name).read_text()
-    stated = re.search(r"Memory \(python -m tools.plan --config configs/(\S+) --model (\S+)\): ([\d.]+) GB", text)
-    assert stated and stated.group(1) == name and stated.group(2) == RECIPES[name], name
-    p = plan(_cfg(name), ModelArgs.preset(RECIPES[name]), gpus=8)
-    assert round(p.total / GB, 2) == float(stated.group(3))
-    assert p.fits(80.0)
+
+@pytest.mark.parametrize("name", STATED)
+def test_every_header_states_what_its_own_planner_command_prints_and_fits(name, capsys):
+    """The header's command, run as written (plus --json): its total, rounded as printed, is the
+    header's number, and the verdict is "fits" (exit 0)."""
+    stated = HEADER.search((CONFIGS / name).read_text())
+    argv = shlex.split(stated.group(1))
+    assert argv[:2] == ["--config", f"configs/{name}"]
+    if name in RECIPES:  # 8 x 80 GB, with the architecture of the checkpoint the recipe fine-tunes
+        assert argv[2:] == ["--model", RECIPES[name]]
+    capsys.readouterr()
+    code = plan_main([argv[0], str(ROOT / argv[1]), *argv[2:], "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert code == 0 and r["fits"]
+    assert f"{r['total_gb']:.2f}" == stated.group(2)
+
+
+# The tiny model by hand: dim 128, 4 layers, hidden 32 x ceil(int(2/3 x 4 x 128) / 32) = 352,
+# layer = 4 x 128^2 (attention) + 3 x 128 x 352 (MLP) + 2 x 128 (norms); embeddings and output
+# V x 128 each; the final norm 128.
+TINY_LAYERS = 4 * (4 * 128**2 + 3 * 128 * 352 + 2 * 128) + 128
+
+
+def _plan_json(capsys, *argv: str) -> tuple[int, dict]:
+    capsys.readouterr()
+    code = plan_main(list(argv) + ["--json"])
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # one JSON object on one line, nothing else on stdout
+    return code, json.loads(out)
+
+
+def test_plan_json_counts_the_tiny_model_with_its_tokenizers_vocabulary(tmp_path, capsys):
+    from hf_reference import train_sentencepiece
+
+    tiny = str(CONFIGS / "tiny.yaml")
+    code, r = _plan_json(capsys, "--config", tiny, f"output_dir={tmp_path}")  # assets not built yet
+    assert code == 0 and r["params"] == TINY_LAYERS + 2 * 1000 * 128 == 1_059_968
+    assert r["vocab_size"] == 1000 and r["vocab_source"].startswith("assumed: ")
+    (tmp_path / "assets").mkdir()
+    tok = train_sentencepiece(tmp_path / "assets" / "tokenizer.model", vocab_size=400)
+    code, r = _plan_json(capsys, "--config", tiny, f"output_dir={tmp_path}")  # as `python -m train` built it
+    assert r["vocab_size"] == 400 and r["vocab_source"] == str(tok)
+    assert r["params"] == TINY_LAYERS + 2 * 400 * 128
+    code, r = _plan_json(capsys, "--config", tiny, f"tokenizer={tok}", "output_dir=/nonexistent")
+    assert r["vocab_size"] == 400 and r["params"] == TINY_LAYERS + 2 * 400 * 128
+    code, r = _plan_json(capsys, "--config", tiny, "tokenizer=/nonexistent/tokenizer.model")
+    assert r["vocab_size"] == 32000 and "assumed: /nonexistent/tokenizer.model is not on this machine" == r["vocab_source"]
+    assert r["params"] == TINY_LAYERS + 2 * 32000 * 128
+
+
+def test_plan_json_that_does_not_fit_exits_1_with_the_fix(capsys):
+    params = 6_738_415_616  # llama1-7b, by hand in test_sharded_state_matches_a_hand_calculation
+    code, r = _plan_json(capsys, "--config", str(CONFIGS / "alpaca_7b.yaml"), "--model", "llama1-7b",
+                         "parallel.fsdp=none")
+    assert code == 1 and r["fits"] is False and r["smallest_fix"] == "parallel.fsdp=full"
+    assert r["params"] == params and r["shard"] == 1 and r["gpu_mem_gb"] == 80.0
+    # Replicated: 4 (fp32 master) + 4 (gradient) + 8 (AdamW) bytes per parameter on every GPU.
+    assert r["terms_gb"]["params"] + r["terms_gb"]["grads"] + r["terms_gb"]["adamw"] == pytest.approx(16 * params / 1e9)
+    assert r["total_gb"] == pytest.approx(sum(r["terms_gb"].values()))

@@ -103,15 +103,20 @@ def _device_name(device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("train", "dedup"):
-        print("usage: python -m tools.bench {train,dedup} ...", file=sys.stderr)
-        return 2
-    if argv[0] == "dedup":
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench", description=__doc__.split("\n\n")[0],
+        epilog="`python -m tools.bench train --help` and `... dedup --help` list each one's options.\n\n"
+               "Exit status: 0 measured; 1 dedup's two sides decided differently; 2 bad input "
+               "(arguments, config), one line on stderr.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["train", "dedup"])
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the command's own arguments")
+    ns = parser.parse_args(argv)
+    if ns.command == "dedup":
         from generate.bench_dedup import main as dedup_main
 
-        return dedup_main(argv[1:])
-    return bench_train(argv[1:])
+        return dedup_main(ns.args)
+    return bench_train(ns.args)
 
 
 if __name__ == "__main__":

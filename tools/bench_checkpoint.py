@@ -21,7 +21,8 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_checkpoint", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_checkpoint", description=__doc__.splitlines()[0],
+                                     epilog="Exit status: 0 measured; 2 arguments it does not accept.")
     parser.add_argument("--config", required=True)
     parser.add_argument("--dir", required=True, help="scratch directory for the checkpoint (removed after)")
     parser.add_argument("--out", default=None, help="append the JSON result to this file")

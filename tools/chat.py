@@ -1,7 +1,18 @@
 """Talk to a project checkpoint with the prompt template it was trained with.
 
     python -m tools.chat --ckpt DIR --instruction "Name three colours." [--input TEXT]
-    python -m tools.chat --ckpt DIR            # interactive: empty instruction or EOF exits
+    python -m tools.chat --ckpt DIR            # interactive, on a terminal
+    python -m tools.chat --ckpt DIR < questions.txt > answers.txt   # one instruction per line
+
+Interactive (standard input is a terminal): each turn asks "Instruction:", then "Input
+(optional):", the context that --input gives in one-shot mode (Enter for none); an empty
+instruction or Ctrl-D exits. The prompts go to stderr, the responses to stdout.
+
+Piped (standard input is not a terminal): every line is one instruction, with no input field, and
+stdout gets exactly one line per input line, in order. So that an answer stays on its line, a
+newline inside it is written as the two characters \\n (a carriage return as \\r); an empty input
+line, or an instruction that fails (too long for the model), gets an empty answer line, the latter
+with its error on stderr.
 
 The prompt is built exactly as training builds it (data/alpaca.encode_prompt), so a fine-tuned
 model sees at inference the token sequence it was trained to continue. The template is --template
@@ -10,6 +21,9 @@ written by `python -m train` beside `final/`), else "alpaca". Decoding is greedy
 --temperature 0, otherwise temperature + top-p sampling; it stops at any of the tokenizer's stop
 ids (EOS; Llama 3 also <|eot_id|> and <|eom_id|>) or --max-new-tokens. The response streams to
 stdout as it is generated; with --instruction nothing else goes to stdout.
+
+Exit status: 0 ok; 2 bad input (arguments, --ckpt, --tokenizer, --device, a prompt longer than the
+model's context in one-shot mode), one line on stderr; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -58,6 +72,38 @@ class Streamer:
             self.out.write(text[len(self.printed):])
             self.out.flush()
             self.printed = text
+
+
+class OneLine:
+    """Wraps stdout for piped mode: an answer's own line breaks are escaped so it stays one line."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, text: str) -> None:
+        self.out.write(text.replace("\r", "\\r").replace("\n", "\\n"))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def check_device(name: str) -> torch.device:
+    """The --device as torch.device, or a ChatError when this machine or torch build lacks it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ChatError(f"--device {name}: {e}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ChatError(f"--device {name}: {why} (torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ChatError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ChatError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ChatError(f"--device {name}: use cpu, cuda, cuda:N or mps")
+    return device
 
 
 def load(ckpt: Path, tokenizer_path: Path | None, device: str, dtype: torch.dtype) -> tuple[Transformer, Tokenizer]:
@@ -129,8 +175,24 @@ def _ask(label: str) -> str | None:
         return None
 
 
+def answer_lines(model: Transformer, tokenizer: Tokenizer, lines, sample: dict) -> int:
+    """Piped mode: one instruction per line in, one answer line out (see the module doc)."""
+    out = OneLine(sys.stdout)
+    for line in lines:
+        instruction = line.rstrip("\r\n")
+        if instruction.strip():
+            try:
+                respond(model, tokenizer, instruction, "", out=out, **sample)
+            except ChatError as e:  # one bad line should not cost the answers to the others
+                print(f"error: {e}", file=sys.stderr)
+        print(flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.chat", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.chat", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", type=Path, required=True, help="project checkpoint directory")
     p.add_argument("--tokenizer", type=Path, help="default: CKPT/tokenizer.model")
     p.add_argument("--instruction", help="answer this one instruction and exit")
@@ -152,9 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.temperature < 0 or not 0 < a.top_p <= 1 or a.max_new_tokens < 1:
         print("error: need --temperature >= 0, 0 < --top-p <= 1, --max-new-tokens >= 1", file=sys.stderr)
         return 2
-    dtype = getattr(torch, a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32"))
-    generator = torch.Generator(device=a.device).manual_seed(a.seed)
     try:
+        device = check_device(a.device)
+        dtype = getattr(torch, a.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+        generator = torch.Generator(device=device).manual_seed(a.seed)
         model, tokenizer = load(a.ckpt, a.tokenizer, a.device, dtype)
         sample = dict(template=a.template or trained_template(a.ckpt), max_new_tokens=a.max_new_tokens,
                       temperature=a.temperature, top_p=a.top_p, generator=generator)
@@ -162,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             respond(model, tokenizer, a.instruction, a.input, **sample)
             print()
             return 0
+        if not sys.stdin.isatty():
+            return answer_lines(model, tokenizer, sys.stdin, sample)
         print(f"loaded {a.ckpt}; empty instruction or Ctrl-D exits", file=sys.stderr)
         while (instruction := _ask("\nInstruction: ")) and instruction.strip():
             input_text = _ask("Input (optional): ") or ""

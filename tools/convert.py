@@ -332,7 +332,9 @@ def _size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.convert", description=__doc__.split("\n\n")[0],
+                                epilog="Exit status: 0 converted; 2 bad input (a missing or malformed source, "
+                                       "an existing destination without --force, arguments), one line on stderr.")
     sub = p.add_subparsers(dest="fmt", required=True)
     for fmt, help_ in (("meta", "Meta consolidated.NN.pth + params.json -> project checkpoint"),
                        ("hf", "Hugging Face LlamaForCausalLM directory -> project checkpoint"),

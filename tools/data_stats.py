@@ -71,7 +71,9 @@ def compute_stats(cfg: DataConfig, tokenizer, batch_size: int, seed: int = 0) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.data_stats", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.data_stats", description=__doc__.split("\n")[0],
+                                epilog="Exit status: 0 ok; 2 bad input (a data or tokenizer file it cannot read, "
+                                       "arguments), one line on stderr.")
     p.add_argument("--data", nargs="+", required=True, help="Alpaca-format JSON / JSONL file(s)")
     p.add_argument("--tokenizer", required=True, help="sentencepiece .model file")
     p.add_argument("--max-len", type=int, default=512)

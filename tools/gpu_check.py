@@ -306,7 +306,8 @@ def case_label(key: str, sh: Shapes) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m tools.gpu_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.gpu_check", description=__doc__.splitlines()[0],
+                                     epilog="Exit status: 0 measured; 2 no CUDA device without --cpu, or bad arguments.")
     parser.add_argument("--cpu", action="store_true", help="reduced shapes on the CPU (no CUDA kernels)")
     parser.add_argument("--quick", action="store_true", help="only the 1B config, the 7B slice compiled + "
                         "selective AC, and decode (no CUDA tests): < 4 minutes on one H200")

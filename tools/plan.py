@@ -9,10 +9,23 @@ layers, activations, loss, slack), the verdict against the GPU's memory and, whe
 fit, the smallest change that does. Then the step's model FLOPs and its time at a given MFU.
 `--model PRESET` stands in for a `model.init_from` checkpoint that is not on this machine.
 
+The vocabulary (the embedding and output sizes) is, in order: --model's preset, init_from's
+config.json, a `model.vocab_size` the config pins, the config's `tokenizer:` file, the synthetic
+tokenizer under `<output_dir>/assets` (data.source: synthetic) once `python -m train` has built it;
+otherwise it is assumed (the synthetic tokenizer's size, or 32000), and the output says so.
+
+`--json` prints one JSON object instead of the table: the plan's fields (params, vocab_size,
+vocab_source, terms_gb, total_gb, gpu_mem_gb, fits, smallest_fix, pflop_per_step, step_s, ...);
+with --measure, the predicted and measured peaks.
+
 `--measure` runs three optimizer steps of the config on random tokens of the planned shape (one
 process, or each rank under torchrun) and reports the measured peak beside the prediction:
 `torch.cuda.max_memory_allocated` on a GPU; on a CPU the rise of the process's peak resident set
 (VmHWM, reset through /proc/self/clear_refs) above its resident set before the model was built.
+
+Exit status: 0 fits (or measured); 1 does not fit the GPU's memory (the plan is still printed,
+with the smallest change that fits); 2 bad input (config, --gpu, a layout that cannot be built,
+a tokenizer that cannot be read), one line on stderr.
 """
 
 from __future__ import annotations
@@ -23,42 +36,86 @@ import os
 import sys
 from pathlib import Path
 
+DEFAULT_VOCAB = 32000  # LLaMA 1/2's vocabulary: what a config with no tokenizer most likely means
+
+
+def vocabulary(cfg) -> tuple[int, str]:
+    """(vocab_size, where it came from) for a config without --model or init_from."""
+    from model.tokenizer import TokenizerError, load_tokenizer
+
+    if "vocab_size" in cfg.model.args:
+        return int(cfg.model.args["vocab_size"]), "model.vocab_size in the config"
+    path = cfg.tokenizer
+    if not path and getattr(cfg.data, "source", "files") == "synthetic":
+        path = str(Path(cfg.output_dir) / "assets" / "tokenizer.model")
+        if not Path(path).is_file():
+            import inspect
+
+            from data.synthetic import build_tiny_assets
+
+            size = inspect.signature(build_tiny_assets).parameters["vocab_size"].default
+            return size, f"assumed: the synthetic tokenizer's size ({path} is not built yet)"
+    if path and Path(path).is_file():
+        try:
+            return load_tokenizer(path).vocab_size, path
+        except TokenizerError as e:
+            raise ValueError(str(e)) from None
+    where = f"{path} is not on this machine" if path else "the config names no tokenizer"
+    return DEFAULT_VOCAB, f"assumed: {where}"
+
 
 def _model_args(cfg, preset: str | None):
-    """The trainer's own ModelArgs (train.build.args_from_config); vocab 32000 unless the config
-    pins it, since the planner reads no tokenizer."""
+    """The trainer's own ModelArgs (train.build.args_from_config) and where its vocabulary came from."""
     from model.args import ModelArgs
     from train.build import args_from_config
 
     if preset:
-        return ModelArgs.preset(preset)
-    if cfg.model.init_from and not (Path(cfg.model.init_from) / "config.json").is_file():
-        raise ValueError(f"model.init_from={cfg.model.init_from} is not on this machine: "
-                         "name its architecture with --model PRESET (e.g. llama1-7b)")
-    return args_from_config(cfg, default_vocab=32000)
+        return ModelArgs.preset(preset), f"the {preset} preset (--model)"
+    if cfg.model.init_from:
+        if not (Path(cfg.model.init_from) / "config.json").is_file():
+            raise ValueError(f"model.init_from={cfg.model.init_from} is not on this machine: "
+                             "name its architecture with --model PRESET (e.g. llama1-7b)")
+        return args_from_config(cfg, default_vocab=DEFAULT_VOCAB), f"{cfg.model.init_from}/config.json"
+    size, source = vocabulary(cfg)
+    return args_from_config(cfg, default_vocab=size), source
 
 
 def report(cfg, args, gpus: int, gpu_mem_gb: float, mfu: float, peak_tflops: float | None,
-           context_gb: float) -> tuple[str, bool]:
+           context_gb: float, vocab_source: str = "") -> dict:
+    """The plan as plain data: what --json prints, and what `render` lays out as the table."""
     from train.plan import GB, plan, smallest_fix
 
     p = plan(cfg, args, gpus, context_gb)
-    lines = [f"model {args.num_params() / 1e9:.2f}B params, {gpus} GPU(s), sharded over {p.shard}, "
-             f"{cfg.parallel.mixed_precision}, activation checkpointing {cfg.parallel.activation_checkpointing}, "
-             f"{p.tokens} tokens per micro-batch, accumulation {cfg.batch.grad_accum}",
-             "per GPU:"]
-    lines += [f"  {k:<16} {v / GB:8.2f} GB" for k, v in p.terms.items()]
     ok = p.fits(gpu_mem_gb)
-    lines.append(f"  {'total':<16} {p.total / GB:8.2f} GB of {gpu_mem_gb:.0f} GB: "
-                 + ("fits" if ok else "DOES NOT FIT"))
-    if not ok:
-        fix = smallest_fix(cfg, args, gpus, gpu_mem_gb, context_gb)
-        lines.append(f"  smallest change that fits: {fix or 'none found (more GPUs of more memory)'}")
-    lines.append(f"step: {p.flops_per_step / 1e15:.2f} PFLOP (model FLOPs, all GPUs)")
-    if peak_tflops:
-        t = p.flops_per_step / (gpus * peak_tflops * 1e12 * mfu)
-        lines.append(f"  at {100 * mfu:.0f}% MFU of {peak_tflops:.0f} TFLOP/s per GPU: {t:.2f} s per step")
-    return "\n".join(lines), ok
+    step_s = p.flops_per_step / (gpus * peak_tflops * 1e12 * mfu) if peak_tflops else None
+    return {"params": args.num_params(), "vocab_size": args.vocab_size, "vocab_source": vocab_source,
+            "gpus": gpus, "shard": p.shard, "mixed_precision": cfg.parallel.mixed_precision,
+            "activation_checkpointing": cfg.parallel.activation_checkpointing,
+            "tokens_per_micro_batch": p.tokens, "grad_accum": cfg.batch.grad_accum,
+            "terms_gb": {k: v / GB for k, v in p.terms.items()}, "total_gb": p.total / GB,
+            "gpu_mem_gb": gpu_mem_gb, "fits": ok,
+            "smallest_fix": None if ok else smallest_fix(cfg, args, gpus, gpu_mem_gb, context_gb),
+            "pflop_per_step": p.flops_per_step / 1e15, "mfu": mfu, "peak_tflops": peak_tflops, "step_s": step_s}
+
+
+def render(r: dict) -> str:
+    n = r["params"]
+    size = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"  # a tiny model is not "0.00B"
+    lines = [f"model {size} params ({n:,}; vocabulary {r['vocab_size']:,}, "
+             f"{r['vocab_source']}), {r['gpus']} GPU(s), sharded over {r['shard']}, {r['mixed_precision']}, "
+             f"activation checkpointing {r['activation_checkpointing']}, {r['tokens_per_micro_batch']} tokens "
+             f"per micro-batch, accumulation {r['grad_accum']}",
+             "per GPU:"]
+    lines += [f"  {k:<16} {v:8.2f} GB" for k, v in r["terms_gb"].items()]
+    lines.append(f"  {'total':<16} {r['total_gb']:8.2f} GB of {r['gpu_mem_gb']:.0f} GB: "
+                 + ("fits" if r["fits"] else "DOES NOT FIT"))
+    if not r["fits"]:
+        lines.append(f"  smallest change that fits: {r['smallest_fix'] or 'none found (more GPUs of more memory)'}")
+    lines.append(f"step: {r['pflop_per_step']:.2f} PFLOP (model FLOPs, all GPUs)")
+    if r["step_s"] is not None:
+        lines.append(f"  at {100 * r['mfu']:.0f}% MFU of {r['peak_tflops']:.0f} TFLOP/s per GPU: "
+                     f"{r['step_s']:.2f} s per step")
+    return "\n".join(lines)
 
 
 def measure(cfg, args, steps: int = 3) -> dict:
@@ -125,7 +182,9 @@ def _status_kb(field: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.plan", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.plan", description=__doc__.splitlines()[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--gpus", type=int, default=None, help="GPUs in the job (default 8; WORLD_SIZE with --measure)")
     parser.add_argument("--gpu", default="a100", help="a100 (80 GB) | a100-40 | h100 | h200")
@@ -133,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="a model preset standing in for model.init_from")
     parser.add_argument("--mfu", type=float, default=0.4, help="MFU for the step-time bound")
     parser.add_argument("--measure", action="store_true", help="also run 3 steps here and measure the peak")
-    parser.add_argument("--json", action="store_true", help="one JSON line instead of the table")
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, as for python -m train")
     ns = parser.parse_args(argv)
 
@@ -144,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(ns.config, ns.overrides)
         if ns.gpu not in GPUS:
             raise ConfigError(f"--gpu {ns.gpu}: known GPUs are {', '.join(GPUS)} (or give --gpu-mem-gb)")
-        args = _model_args(cfg, ns.model)
+        args, vocab_source = _model_args(cfg, ns.model)
         gpus = ns.gpus or (int(os.environ.get("WORLD_SIZE", "1")) if ns.measure else 8)
         plan(cfg, args, gpus)  # raises on an impossible layout
     except (ConfigError, ValueError) as e:
@@ -152,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mem = ns.gpu_mem_gb or GPUS[ns.gpu]
     if not ns.measure:
-        text, ok = report(cfg, args, gpus, mem, ns.mfu, PEAK_TFLOPS[ns.gpu], context_gb=1.5)
-        print(text)
-        return 0 if ok else 1
+        r = report(cfg, args, gpus, mem, ns.mfu, PEAK_TFLOPS[ns.gpu], context_gb=1.5, vocab_source=vocab_source)
+        print(json.dumps({"config": ns.config, "overrides": ns.overrides, **r}) if ns.json else render(r))
+        return 0 if r["fits"] else 1
     import torch
 
     on_gpu = torch.cuda.is_available()
@@ -166,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                "device": "cuda" if on_gpu else "cpu", "predicted_gb": round(predicted.total / 1e9, 3),
                "measured_gb": round(measured["measured_gb"], 3),
                "ratio": round(predicted.total / 1e9 / measured["measured_gb"], 3),
+               "params": args.num_params(), "vocab_size": args.vocab_size, "vocab_source": vocab_source,
                "terms_gb": {k: round(v / 1e9, 3) for k, v in predicted.terms.items()}, "kind": measured["kind"]}
         print(json.dumps(row) if ns.json else "\n".join(f"{k}: {v}" for k, v in row.items()), flush=True)
     return 0

@@ -15,7 +15,7 @@ from data.tokenizer_training import train_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.train_tokenizer", description=__doc__.split("\n\n")[0], epilog="Exit status: 0 written; 2 bad input (a missing or unreadable data file, arguments), one line.")
     parser.add_argument("--data", nargs="+", required=True, help="Alpaca-format JSON or JSONL files")
     parser.add_argument("--vocab-size", type=int, default=1000)
     parser.add_argument("--out", required=True, help="output .model path")

@@ -22,7 +22,9 @@ def _say(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0],
+                                     epilog="Exit status: 0 trained; 1 the run diverged or a checkpoint could not "
+                                            "be written; 2 bad input (config, files, data), one line on stderr.")
     parser.add_argument("--config", help="YAML file (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=1e-5 max_steps=10")
     ns = parser.parse_args(argv)

@@ -153,7 +153,10 @@ def format_result(accuracy: float, n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Greedy exact-match accuracy of a checkpoint on Alpaca records.")
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate",
+                                     description="Greedy exact-match accuracy of a checkpoint on Alpaca records.",
+                                     epilog="Exit status: 0 evaluated; 2 bad input (checkpoint, data, tokenizer, "
+                                            "arguments), one line on stderr.")
     parser.add_argument("--ckpt", required=True, help="project checkpoint directory (config.json, safetensors)")
     parser.add_argument("--data", required=True, help="Alpaca-format JSON/JSONL with the expected outputs")
     parser.add_argument("--tokenizer", help="tokenizer.model (default: the one inside --ckpt)")
