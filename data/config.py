@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from data.alpaca import DataError
 from data.packing import STRATEGIES, Strategy
 from data.prompts import get_template
+
+Source = Literal["files", "synthetic"]
+SOURCES = typing.get_args(Source)
 
 
 @dataclass
@@ -18,7 +22,7 @@ class DataConfig:
     paths: list[str] = field(default_factory=list)
     # "files": train on `paths`. "synthetic": the trainer writes data/synthetic.py's tasks and
     # trains on them (the tiny default); `paths` must then be empty.
-    source: Literal["files", "synthetic"] = "files"
+    source: Source = "files"
     weights: list[float] | None = None
     template: str = "alpaca"  # a name in data.prompts.TEMPLATES, or a .json file with the two keys
     max_len: int = 512  # cut of [BOS]+prompt+output+[EOS]; rows then have max_len - 1 tokens
@@ -36,8 +40,8 @@ class DataConfig:
     num_proc: int = 2  # tokenizer processes for the one-time cache build
 
     def __post_init__(self) -> None:
-        if self.source not in ("files", "synthetic"):
-            raise DataError(f"data.source: expected 'files' or 'synthetic', got {self.source!r}")
+        if self.source not in SOURCES:
+            raise DataError(f"data.source: expected one of {', '.join(SOURCES)}, got {self.source!r}")
         if isinstance(self.paths, str):
             self.paths = [self.paths]
         if not isinstance(self.paths, list) or not all(isinstance(p, str) and p for p in self.paths):
