@@ -68,11 +68,16 @@ def test_skipped_and_nonfinite_steps_are_left_out(tmp_path):
     assert [s for s, _ in series["lr"]] == [1, 3]
 
 
+def test_trailing_mean_by_hand():
+    assert plot.trailing_mean([4.0, 2.0, 6.0, 0.0, 1.0], 3) == [4.0, 3.0, 4.0, 8.0 / 3, 7.0 / 3]
+    assert plot.trailing_mean([1.0, 5.0], 1) == [1.0, 5.0]
+
+
 def test_out_path_and_no_eval_rows(tmp_path):
     run = tmp_path / "run"
     write_metrics(run, [r for r in known_rows() if "loss" in r])
     out = tmp_path / "pics" / "curve.png"
-    assert plot.main([str(run), "--out", str(out), "--dpi", "50"]) == 0
+    assert plot.main([str(run), "--out", str(out), "--dpi", "50", "--smooth", "1"]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert png_size(out) == (350, 200)
     assert not (run / "loss.png").exists()

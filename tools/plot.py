@@ -1,8 +1,9 @@
 """Loss curve of a training run: python -m tools.plot RUN_DIR [--out PNG].
 
 Reads RUN_DIR/metrics.jsonl (train/metrics.py: one row per optimizer step with step, loss, lr, ...;
-evaluation rows carry eval_loss instead of loss) and writes a PNG of loss against step, eval_loss
-as points where present, and the learning rate on a second axis. Default output: RUN_DIR/loss.png.
+evaluation rows carry eval_loss instead of loss) and writes a PNG of loss against step (raw, and
+its running mean), eval_loss as points where present, and the learning rate on a second axis.
+Default output: RUN_DIR/loss.png.
 
 Exit status: 0 written; 2 bad input (no metrics file, a line that is not a JSON object, no training
 rows) or matplotlib missing, each as one line on stderr.
@@ -56,7 +57,17 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def plot(series: dict[str, list[tuple[int, float]]], out: Path, title: str, dpi: int = 100) -> None:
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the up to window-1 before it: one step's loss depends on its batch's lengths."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot(series: dict[str, list[tuple[int, float]]], out: Path, title: str, dpi: int = 100,
+         smooth: int | None = None) -> None:
     """Write the PNG; matplotlib is imported here so that reading errors need no plotting library."""
     import matplotlib
 
@@ -65,7 +76,13 @@ def plot(series: dict[str, list[tuple[int, float]]], out: Path, title: str, dpi:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     steps, losses = zip(*series["loss"], strict=True)
-    ax.plot(steps, losses, color="tab:blue", linewidth=1, label="train loss")
+    window = smooth if smooth is not None else max(1, len(losses) // 50)
+    if window > 1:
+        ax.plot(steps, losses, color="tab:blue", linewidth=0.5, alpha=0.3, label="train loss")
+        ax.plot(steps, trailing_mean(list(losses), window), color="tab:blue", linewidth=1.5,
+                label=f"train loss, mean of {window} steps")
+    else:
+        ax.plot(steps, losses, color="tab:blue", linewidth=1, label="train loss")
     if series["eval_loss"]:
         es, ev = zip(*series["eval_loss"], strict=True)
         ax.plot(es, ev, "o-", color="tab:orange", markersize=4, label="eval loss")
@@ -96,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/loss.png)")
     p.add_argument("--dpi", type=int, default=100)
     p.add_argument("--title", default=None, help="default: the run directory's name")
+    p.add_argument("--smooth", type=int, default=None,
+                   help="also draw the mean of this many steps (default: 1/50 of the run; 1 = raw only)")
     a = p.parse_args(argv)
     try:
         series = read_metrics(a.run_dir / "metrics.jsonl")
@@ -107,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print(f"error: tools.plot needs matplotlib: {INSTALL}", file=sys.stderr)
         return 2
+    if a.smooth is not None and a.smooth < 1:
+        print("error: --smooth must be >= 1", file=sys.stderr)
+        return 2
     out = a.out or a.run_dir / "loss.png"
-    plot(series, out, a.title or a.run_dir.resolve().name, a.dpi)
+    plot(series, out, a.title or a.run_dir.resolve().name, a.dpi, a.smooth)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
