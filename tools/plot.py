@@ -108,7 +108,9 @@ def plot(series: dict[str, list[tuple[int, float]]], out: Path, title: str, dpi:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.plot", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.plot", description=__doc__.splitlines()[0],
+                                epilog="Exit status: 0 PNG written; 2 no metrics.jsonl, a bad line (named), or "
+                                       "matplotlib missing.")
     p.add_argument("run_dir", type=Path, help="a training run's output_dir (holds metrics.jsonl)")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/loss.png)")
     p.add_argument("--dpi", type=int, default=100)
