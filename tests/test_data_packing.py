@@ -1,6 +1,8 @@
 """Collation: padded and packed layouts written out by hand, and the handwritten model giving the
 same per-token losses for both (packing changes the compute, never the math)."""
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -75,7 +77,8 @@ def test_packed_logits_match_each_example_run_alone():
     assert len(segments) == len(examples)
     for (r, m), (tokens, _) in zip(segments, examples, strict=True):
         assert packed.tokens[r, m].tolist() == tokens
-        alone = _logits(model, {"tokens": torch.tensor([tokens]), "positions": None, "document_ids": None})
+        alone = _logits(model, dataclasses.replace(packed, tokens=torch.tensor([tokens]), positions=None,
+                                                   document_ids=None))
         torch.testing.assert_close(logits[r, m], alone[0], rtol=1e-5, atol=1e-5)
 
 
@@ -84,12 +87,12 @@ def test_no_token_attends_across_an_example_boundary():
     batch = collate_packed(examples, pack_len=64, pad_id=2)
     assert batch.tokens.shape[0] == 1  # all three in one row
     first = batch.document_ids[0] == 0
-    perturbed = dict(batch, tokens=batch.tokens.clone())
+    perturbed = dataclasses.replace(batch, tokens=batch.tokens.clone())
     perturbed.tokens[0, first] = (perturbed.tokens[0, first] + 7) % 47 + 3
     before, after = _logits(model, batch), _logits(model, perturbed)
     assert not torch.allclose(before[0, first], after[0, first])  # the perturbation is real
     torch.testing.assert_close(after[0, ~first], before[0, ~first], rtol=0, atol=1e-6)
     # and the check can fail: with plain causal attention the later examples do see the first
-    leaky = {**perturbed, "document_ids": None}
-    leaky_before = _logits(model, {**batch, "document_ids": None})
+    leaky = dataclasses.replace(perturbed, document_ids=None)
+    leaky_before = _logits(model, dataclasses.replace(batch, document_ids=None))
     assert not torch.allclose(_logits(model, leaky)[0, ~first], leaky_before[0, ~first])

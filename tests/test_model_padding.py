@@ -66,4 +66,4 @@ def test_resized_rows_are_the_mean_of_the_old_ones():
     assert model.args.vocab_size == 11
     assert torch.allclose(model.tok_embeddings.weight[10], emb.mean(0))
     assert torch.allclose(model.output.weight[10], out.mean(0))
-    assert model(torch.tensor([[10, 3]])).shape == (1, 2, 11)
+    assert model.logits(torch.tensor([[10, 3]])).shape == (1, 2, 11)

@@ -72,7 +72,8 @@ def test_a_change_to_what_the_state_means_is_refused_in_one_line(setup):
     cfg, out = _trained_to(setup, "refused")
     line = _one_error_line(run_train(cfg, out, overrides=["max_steps=8", "resume=auto", "batch.micro_batch_size=2",
                                                           "seed=3"]))
-    assert "batch.micro_batch_size (4, now 2)" in line and "seed (0, now 3)" in line and "new output_dir" in line
+    assert "global batch (micro_batch_size x grad_accum x ranks) (4, now 2)" in line
+    assert "seed (0, now 3)" in line and "new output_dir" in line
 
 
 def test_a_fresh_run_does_not_overwrite_a_finished_one(setup):

@@ -360,9 +360,10 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
 
 
 # On resume, keys whose change would alter what the saved state means are refused (model shape,
-# data, batch split, seed, template, ...); every other key (lr and schedule, max_steps, epochs,
-# eval, checkpoint cadence, logging, parallel layout) is applied from the resumed step.
-REFUSED_ON_RESUME = ("model.", "data.", "batch.", "seed", "tokenizer", "parallel.mixed_precision")
+# data and template, seed, master-weight dtype); every other key (lr and schedule, max_steps,
+# epochs, eval, checkpoint cadence, logging, parallel layout) is applied from the resumed step.
+# The batch split may change only with the global batch kept (train/run.py checks that).
+REFUSED_ON_RESUME = ("model.", "data.", "seed", "tokenizer", "parallel.mixed_precision")
 IGNORED_ON_RESUME = ("resume", "output_dir", "changes", "overwrite", "data.cache_dir", "data.num_proc")
 
 

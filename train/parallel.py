@@ -22,6 +22,11 @@ from train.distributed import DistInfo
 
 def build_mesh(cfg: ParallelConfig, info: DistInfo) -> DeviceMesh:
     """("replicate", "shard") mesh for the chosen sharding strategy."""
+    return init_device_mesh(info.device.type, mesh_shape(cfg, info), mesh_dim_names=("replicate", "shard"))
+
+
+def mesh_shape(cfg: ParallelConfig, info: DistInfo) -> tuple[int, int]:
+    """(replicas, shard size): full = (1, world), none = (world, 1), hybrid = (world / shard, shard)."""
     world = info.world_size
     if cfg.fsdp == "full":
         shape = (1, world)
@@ -32,7 +37,7 @@ def build_mesh(cfg: ParallelConfig, info: DistInfo) -> DeviceMesh:
         if world % shard:
             raise ConfigError(f"parallel.shard_size={shard} does not divide the world size {world}")
         shape = (world // shard, shard)
-    return init_device_mesh(info.device.type, shape, mesh_dim_names=("replicate", "shard"))
+    return shape
 
 
 def mixed_precision_policy(cfg: ParallelConfig, cast_forward_inputs: bool = True) -> MixedPrecisionPolicy:

@@ -88,7 +88,7 @@ class Run:
         if self.resume_from is not None:
             state = ckpt.load(self.resume_from, model, optimizer, info)
             if "config" in state:
-                changed = self._check_changes(state["config"], state["step"])
+                changed = self._check_changes(state["config"], state["world_size"])
                 cfg.changes = list(state["config"].get("changes", [])) + (
                     [{"step": state["step"], **{k: v[1] for k, v in changed.items()}}] if changed else [])
             try:
@@ -113,8 +113,15 @@ class Run:
                                               log=self.logger.message, saved_step=self.step if resumed else None)
         return self.logger
 
-    def _check_changes(self, saved: dict, step: int) -> dict:
+    def _check_changes(self, saved: dict, saved_world: int) -> dict:
         refused, applied = resume_changes(saved, to_dict(self.cfg))
+        # Another split of the same global batch (8 GPUs x accumulation 4 -> 4 x 8) resumes the same
+        # run; another global batch would not see the examples the saved position promises.
+        batch = self.cfg.batch
+        old = saved["batch"]["micro_batch_size"] * saved["batch"]["grad_accum"] * saved_world
+        new = batch.micro_batch_size * batch.grad_accum * self.info.world_size
+        if old != new:
+            refused["global batch (micro_batch_size x grad_accum x ranks)"] = (old, new)
         if refused:
             raise ConfigError(f"resume: {self.resume_from} was trained with other " + "; ".join(
                 f"{k} ({old!r}, now {new!r})" for k, (old, new) in refused.items()) +
