@@ -140,6 +140,18 @@ def test_batch_api_judges_each_pair_once_at_half_price(tmp_path):
     assert report["cost_usd"] == round(chat["cost_usd"] / 2, 6) > 0
 
 
+def test_cost_cap_stops_between_rounds_and_keeps_the_work(tmp_path, capsys):
+    n = 20
+    resp, ref = write_pairs(tmp_path, [f"model {i}" for i in range(n)], [f"ref {i}" for i in range(n)])
+    with FakeJudge("first") as server:
+        rc, report = judge(server, resp, ref, tmp_path / "out", *PRICED, "paid=true", "concurrency=4",
+                           "max_cost_usd=0.0000001")
+        assert sum(server.judged.values()) == 4  # one round, then the cap
+    assert rc == 1 and report["complete"] is False and report["n"] == 4 and report["n_pending"] == 16
+    assert report["stop_reason"].startswith("max_cost_usd reached")
+    assert capsys.readouterr().err.strip().startswith("stopped before every pair was judged: max_cost_usd")
+
+
 # -- a kill -9 mid-run, and bad input: as a user runs it ------------------------------------------
 
 
@@ -232,3 +244,26 @@ def test_unreachable_judge_stops_with_one_line_naming_the_url(tmp_path):
     assert line.startswith(f"error: cannot connect to {url} (ConnectError: ") and secret not in line
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["complete"] is False and report["n"] == 0 and report["n_pending"] == 2
+
+
+def test_kill_while_a_batch_runs_then_rerun_polls_the_same_job(tmp_path):
+    n = 8
+    resp, ref = write_pairs(tmp_path, [f"model {i}" for i in range(n)], [f"ref {i}" for i in range(n)])
+    out = tmp_path / "out"
+    journal = out / "journal.jsonl"
+    args = ["--responses", resp, "--reference", ref, f"output_dir={out}", *FAST, "api=batch",
+            "batch.poll_interval_s=0.01"]
+    with FakeJudge("first") as server:
+        server.batch_hold = True  # the job stays in progress until the kill
+        proc = run_cli(*args, f"base_url={server.base_url}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (journal.exists() and '"batch_submit"' in journal.read_text()):
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        server.batch_hold = False
+        proc = run_cli(*args, f"base_url={server.base_url}")
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+        assert len(server.batches) == 1 and sorted(server.judged.values()) == [1] * n
+    assert json.loads((out / "report.json").read_text())["n"] == n
