@@ -23,16 +23,23 @@ import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from evaluation.judge_config import JudgeConfig, load_judge_config
+from evaluation.pairs import (
+    Pair,
+    build_prompt,
+    load_references,
+    load_responses,
+    load_template,
+    match,
+    model_first,
+    parse_verdict,
+)
+from evaluation.winrate import L2_PENALTY, length_controlled, win_rate
 from generate.client import ModelClient
 from generate.endpoint import Completion
 from generate.errors import StopRun, Unreachable, UserError
 from generate.journal import Journal, atomic_write_text
 from generate.pricing import check_priced, cost_usd, price_for
-
-from evaluation.judge_config import JudgeConfig, load_judge_config
-from evaluation.pairs import Pair, build_prompt, load_references, load_responses, load_template, match, \
-    model_first, parse_verdict
-from evaluation.winrate import L2_PENALTY, length_controlled, win_rate
 
 ORDER_RULE = "model shown first iff random.Random(f'{seed}:{index}').random() < 0.5"
 

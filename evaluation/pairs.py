@@ -82,7 +82,7 @@ def load_responses(path: str) -> list[dict]:
 def _unique(records: list[dict], labels: list[str], path: str) -> list[dict]:
     """A key twice would make the match ambiguous: say where."""
     seen: dict[tuple[str, str], str] = {}
-    for rec, label in zip(records, labels):
+    for rec, label in zip(records, labels, strict=True):
         key = _key(rec["instruction"], rec.get("input", ""))
         if key in seen:
             raise UserError(f"{path}: {label}: same instruction and input as {seen[key]}")

@@ -236,7 +236,7 @@ def answer_prompts(gen, replay, prompts: dict[int, str]) -> dict[int, Completion
     answers: dict[int, Completion] = {}
     for sub in list(submits):
         requests = sub.get("requests", range(*sub["batches"]))
-        mine = {b: prompts[b] for b, s in zip(requests, sub["prompt_sha256"])
+        mine = {b: prompts[b] for b, s in zip(requests, sub["prompt_sha256"], strict=True)
                 if b in prompts and b not in answers and _sha(prompts[b]) == s}
         if mine:
             answers.update(_answers(jobs, gen, sub, min(mine), max(mine) + 1, mine, submits))

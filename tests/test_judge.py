@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fake_judge import LENGTH_SCALE, FakeJudge, sha
+from fake_judge import LENGTH_SCALE, FakeJudge
 
 from evaluation.judge import main
 
@@ -31,10 +31,10 @@ def write_pairs(tmp: Path, model: list[str], reference: list[str], instructions:
     instructions = instructions or [f"Task number {i}: describe item {i}." for i in range(len(model))]
     ref = tmp / "reference.json"
     ref.write_text(json.dumps([{"instruction": s, "input": "", "output": o, "generator": "ref"}
-                               for s, o in zip(instructions, reference)]))
+                               for s, o in zip(instructions, reference, strict=True)]))
     resp = tmp / "responses.jsonl"
     resp.write_text("".join(json.dumps({"instruction": s, "input": "", "response": o}) + "\n"
-                            for s, o in zip(instructions, model)))
+                            for s, o in zip(instructions, model, strict=True)))
     return str(resp), str(ref)
 
 
@@ -75,7 +75,7 @@ def test_length_control_undoes_a_judge_that_prefers_the_longer_output(tmp_path):
     rng = random.Random(7)
     ref_len = [rng.randint(200, 600) for _ in range(n)]
     diff = [round(rng.gauss(150, 150)) for _ in range(n)]
-    model_len = [max(20, r + d) for r, d in zip(ref_len, diff)]
+    model_len = [max(20, r + d) for r, d in zip(ref_len, diff, strict=True)]
     diff = np.array(model_len) - np.array(ref_len)
     resp, ref = write_pairs(tmp_path, [text_of(m, "model") for m in model_len], [text_of(r, "ref") for r in ref_len])
     with FakeJudge("longer") as server:
