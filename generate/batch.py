@@ -225,6 +225,37 @@ def run_batch_rounds(gen, replay) -> str:
     return stop
 
 
+def answer_prompts(gen, replay, prompts: dict[int, str]) -> dict[int, Completion]:
+    """Fixed prompts (ones that do not depend on earlier answers, such as the judge's), answered
+    through the Batch API: a job an earlier run journaled for some of them is polled and read
+    again rather than paid for twice, the rest go out as one new job. Failed requests are absent.
+    `gen` provides what `run_batch_rounds` uses: config, client, journal, batch_state, _show, _on_adapt."""
+    jobs = BatchJobs(gen.client.sdk, gen.config, gen.client._sleep)
+    submits = [r for r in replay.run_records if r["type"] == "batch_submit"]
+    files = {r["round_start"]: r for r in replay.run_records if r["type"] == "batch_file"}
+    answers: dict[int, Completion] = {}
+    for sub in list(submits):
+        requests = sub.get("requests", range(*sub["batches"]))
+        mine = {b: prompts[b] for b, s in zip(requests, sub["prompt_sha256"], strict=True)
+                if b in prompts and b not in answers and _sha(prompts[b]) == s}
+        if mine:
+            answers.update(_answers(jobs, gen, sub, min(mine), max(mine) + 1, mine, submits))
+    rest = {b: p for b, p in prompts.items() if b not in answers}
+    if rest:
+        start, end = min(rest), max(rest) + 1
+        uploaded = files.get(start)
+        if uploaded and any(r["file_id"] == uploaded["file_id"] for r in submits):
+            uploaded = None  # that file's job was read above: its failed requests need a new one
+        sub = _submit(jobs, gen, start, end, rest, uploaded)
+        submits.append(sub)
+        answers.update(_answers(jobs, gen, sub, start, end, rest, submits))
+    gen.batch_state = ""
+    _raise_budget_if_reasoning_ate_it(gen, answers)
+    for _ in answers:
+        gen.client.usage.add()
+    return answers
+
+
 def _submit(jobs: BatchJobs, gen, start: int, end: int, prompts: dict[int, str], uploaded: dict | None) -> dict:
     """Upload the round's JSONL (unless an earlier run did) and create its batch, journaling both ids."""
     if uploaded is not None:
@@ -232,14 +263,14 @@ def _submit(jobs: BatchJobs, gen, start: int, end: int, prompts: dict[int, str],
         batch_id = jobs.find(file_id)
     else:
         lines = [{"custom_id": _custom_id(b), "method": "POST", "url": ENDPOINT,
-                  "body": gen.client.endpoint.body(prompts[b])} for b in range(start, end)]
+                  "body": gen.client.endpoint.body(prompts[b])} for b in sorted(prompts)]
         file_id = jobs.upload(f"round-{start}.jsonl", lines)
         gen.journal.append({"type": "batch_file", "round_start": start, "file_id": file_id}, sync=True)
         batch_id = None
     if batch_id is None:
         batch_id = jobs.create(file_id, start)
     record = {"type": "batch_submit", "batches": [start, end], "file_id": file_id, "batch_id": batch_id,
-              "prompt_sha256": [_sha(prompts[b]) for b in range(start, end)]}
+              "requests": sorted(prompts), "prompt_sha256": [_sha(prompts[b]) for b in sorted(prompts)]}
     gen.journal.append(record, sync=True)
     return record
 

@@ -247,8 +247,9 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> GenerateConfig:
-    """Read YAML (if given), apply `key=value` overrides (values parsed as YAML scalars), validate."""
+def load_config(path: str | Path | None, overrides: list[str] = (), schema: type = GenerateConfig) -> Any:
+    """Read YAML (if given), apply `key=value` overrides (values parsed as YAML scalars), validate.
+    `schema` is the config dataclass (with a `validate()`); other commands reuse the same rules."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -272,7 +273,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> GenerateC
         except yaml.YAMLError:
             value = raw
         _set_dotted(data, key.strip(), value)
-    config = _fill(GenerateConfig(), data, str(path) if path else "config")
+    config = _fill(schema(), data, str(path) if path else "config")
     config.validate()
     return config
 

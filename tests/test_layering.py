@@ -11,7 +11,7 @@ import pytest
 
 from tests.train_helpers import ROOT
 
-LIBRARY = ("model", "data", "train", "generate")
+LIBRARY = ("model", "data", "train", "generate", "evaluation")
 PACKAGES = (*LIBRARY, "tools")
 
 
