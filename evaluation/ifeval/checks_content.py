@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from evaluation.ifeval import text
+import evaluation.ifeval.text as text
 from evaluation.ifeval.spec import CHAR, COUNT, RELATION, TEXT, TEXTS, Checker, compare
 
 

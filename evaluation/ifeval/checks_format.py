@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 
-from evaluation.ifeval import text
+import evaluation.ifeval.text as text
 from evaluation.ifeval.spec import COUNT, RELATION, TEXT, Checker, compare
 
 _CONSTRAINED_ANSWERS = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
