@@ -9,7 +9,7 @@ NPROC    ?= 1
 ARGS     ?=
 CKPT     ?= runs/tiny/final
 
-.PHONY: setup train generate chat convert bench test lint data-stats clean gpu-check plan
+.PHONY: setup train generate chat convert bench test lint data-stats clean gpu-check plan eval
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ train: $(VENV)/.runtime
 
 generate: $(VENV)/.runtime
 	$(PY) -m generate --config $(GEN_CONFIG) $(ARGS)
+
+# IFEval on CKPT's responses (and the pairwise judge with ARGS='--reference REF.json
+# --judge-config configs/judge.yaml'), into CKPT's run directory under eval/; resumable.
+eval: $(VENV)/.runtime
+	$(PY) -m tools.eval all --ckpt $(CKPT) $(ARGS)
 
 chat: $(VENV)/.runtime
 	$(PY) -m tools.chat --ckpt $(CKPT) $(ARGS)

@@ -3,6 +3,7 @@
     generate   responses of a checkpoint to Alpaca or IFEval prompts, batched, resumable (JSONL)
     ifeval     score responses on IFEval's verifiable instructions (strict and loose)
     judge      pairwise comparison against reference outputs by an LLM judge (win rates)
+    all        the three for one checkpoint, into <run>/eval/ with a summary table (make eval)
 
 Each command has its own --help. Exit status: 0 done; 1 the work stopped early (e.g. the judge's
 budget); 2 bad input (a missing or malformed file, a checkpoint that does not load, no match).
@@ -13,7 +14,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"generate": "evaluation.generation", "ifeval": "evaluation.ifeval.cli", "judge": "evaluation.judge"}
+COMMANDS = {"generate": "evaluation.generation", "ifeval": "evaluation.ifeval.cli", "judge": "evaluation.judge",
+            "all": "evaluation.suite"}
 
 
 def main(argv: list[str] | None = None) -> int:
