@@ -76,7 +76,7 @@ def test_skipped_records_are_reported_by_line(tmp_path):
 @pytest.mark.parametrize(("cfg", "message"), [
     ({"paths": ["a.json"], "max_length": 512}, "data.max_length: unknown key"),
     ({"paths": []}, "data.paths: no data files given"),
-    ({"paths": "a.json", "source": "web"}, "data.source: expected 'files' or 'synthetic'"),
+    ({"paths": "a.json", "source": "web"}, "data.source: expected one of files, synthetic, got 'web'"),
     ({"paths": ["a.json", "b.json"], "weights": [1.0]}, "data.weights: 1 weights for 2 paths"),
     ({"paths": ["a.json"], "weights": [-1.0]}, "data.weights: expected non-negative"),
     ({"paths": ["a.json"], "template": "klingon"}, "data.template: unknown template 'klingon'"),
