@@ -8,7 +8,7 @@ Unequal prompts are left-padded: row b's prompt ends in the last prompt slot, so
 its next token to the same cache slot and the KV cache keeps one shared write index (static
 shapes, as gpt-fast; right-aligned per-row writes would need a scatter per layer and step). The
 price is start[b] wasted slots per row, which bucketing by length keeps small
-(evaluation/generation.py). Per row, RoPE counts from the first real token and the padding slots
+(evaluation/batching.py). Per row, RoPE counts from the first real token and the padding slots
 are masked (model.llama.Transformer.decode's `start`).
 """
 
