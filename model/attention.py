@@ -130,13 +130,25 @@ class CacheMask:
     GQA is folded: the G = n_heads / n_kv_heads query heads sharing one k/v head become G * T
     query rows of that head (the mask rows tiled G times), which is exactly `enable_gqa`'s
     head mapping (query head h reads k/v head h // G) without repeating the cache.
+
+    `start` (B,): left-padded batches (model.sampling.generate_batch) hold batch row b's first real
+    token in cache slot start[b]; the slots before it (padding) are never seen by a real token.
+    A padding query sees only its own slot, so its softmax is over one finite score, not over none
+    (an all-masked row would be NaN, and a NaN value times a zero weight is still NaN).
     """
 
-    def __init__(self, input_pos: torch.Tensor, cache_len: int, n_heads: int, n_kv_heads: int):
+    def __init__(self, input_pos: torch.Tensor, cache_len: int, n_heads: int, n_kv_heads: int,
+                 start: torch.Tensor | None = None):
         slots = torch.arange(cache_len, device=input_pos.device)
         rows = slots[None, :] <= input_pos[:, None]  # (T, cache_len)
         self.group = n_heads // n_kv_heads
-        self.mask = rows.repeat(self.group, 1)[None, None]  # (1, 1, G * T, cache_len)
+        if start is None:
+            self.mask = rows.repeat(self.group, 1)[None, None]  # (1, 1, G * T, cache_len)
+            return
+        real = slots[None, None, :] >= start[:, None, None]  # (B, 1, cache_len)
+        own = slots[None, :] == input_pos[:, None]  # (T, cache_len)
+        per_row = rows[None] & (real | own[None])  # (B, T, cache_len)
+        self.mask = per_row.repeat(1, self.group, 1)[:, None]  # (B, 1, G * T, cache_len)
 
     def __call__(self, q, k, v):
         B, H, T, hd = q.shape

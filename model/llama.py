@@ -9,7 +9,7 @@ One entry point per use; how tokens attend is decided once per batch by the call
 (model/attention.py) and passed in, so the layers never build masks:
   training   model(tokens, labels, positions, attn, target_index) -> summed loss
   scoring    model.logits(tokens, positions, attn)                -> logits of every position
-  decoding   model.setup_caches(B, L); model.prefill(prompt, input_pos); model.decode(token, input_pos)
+  decoding   model.setup_caches(B, L); model.prefill(prompt, input_pos[, start]); model.decode(token, input_pos[, start])
 """
 
 from __future__ import annotations
@@ -92,9 +92,10 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        # k, v: (B, n_kv_heads, T, hd) for the T new positions.
-        self.k[: k.shape[0], :, input_pos] = k
-        self.v[: v.shape[0], :, input_pos] = v
+        # k, v: (B, n_kv_heads, T, hd) for the T new positions. index_copy_, not `k[:, :, pos] = k`:
+        # the advanced-index put took ~10% of a CPU decode step (tools/bench_generate.py).
+        self.k[: k.shape[0]].index_copy_(2, input_pos, k)
+        self.v[: v.shape[0]].index_copy_(2, input_pos, v)
         return self.k[: k.shape[0]], self.v[: v.shape[0]]
 
 
@@ -240,22 +241,37 @@ class Transformer(nn.Module):
         """tokens (B, T) -> logits (B, T, vocab) in the compute dtype, every position (scoring, tests)."""
         return F.linear(self._hidden(tokens, positions, attn), self._output_weight())
 
-    def prefill(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, input_pos: torch.Tensor, start: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Decoding, first call: the prompt (B, T) into the KV cache at `input_pos` (T,) ->
-        the last position's logits (B, 1, vocab)."""
-        h = self._hidden(tokens, input_pos, self._cache_mask(input_pos), input_pos)
+        the last position's logits (B, 1, vocab). `start` (B,): see `decode`."""
+        h = self._hidden(tokens, self._row_positions(input_pos, start), self._cache_mask(input_pos, start), input_pos)
         return F.linear(h[:, -1:], self._output_weight())  # (B, 1, vocab)
 
-    def decode(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, input_pos: torch.Tensor, start: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """Decoding, each later call: new tokens (B, T) (usually T = 1) at cache positions
-        `input_pos` (T,) -> their logits (B, T, vocab)."""
-        h = self._hidden(tokens, input_pos, self._cache_mask(input_pos), input_pos)
+        `input_pos` (T,) -> their logits (B, T, vocab).
+
+        start (B,), left-padded batches only: the cache slot of each row's first real token. Row b's
+        RoPE position is then slot - start[b] (its first real token is position 0) and the slots
+        before start[b] are masked; every row still writes the same slots, so the cache update
+        stays one shared index."""
+        h = self._hidden(tokens, self._row_positions(input_pos, start), self._cache_mask(input_pos, start), input_pos)
         return F.linear(h, self._output_weight())
 
-    def _cache_mask(self, input_pos: torch.Tensor) -> CacheMask:
+    @staticmethod
+    def _row_positions(input_pos: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
+        """RoPE positions: the cache slots (T,), or per row (B, T) when rows are left-padded
+        (padding slots get 0: their outputs are never read)."""
+        if start is None:
+            return input_pos
+        return (input_pos[None, :] - start[:, None]).clamp(min=0)  # (B, T)
+
+    def _cache_mask(self, input_pos: torch.Tensor, start: torch.Tensor | None = None) -> CacheMask:
         if self.max_cache_len == 0:
             raise RuntimeError("decoding needs a KV cache: call setup_caches() first")
-        return CacheMask(input_pos, self.max_cache_len, self.args.n_heads, self.args.n_kv_heads)
+        return CacheMask(input_pos, self.max_cache_len, self.args.n_heads, self.args.n_kv_heads, start)
 
     def _output_weight(self) -> torch.Tensor:
         return self.tok_embeddings.weight if self.output is None else self.output.weight
