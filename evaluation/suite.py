@@ -29,11 +29,24 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _respond(ckpt: str, data: str, responses: Path, gen_args: list[str]) -> int:
+    """Generate unless a finished responses file for every record of `data` is already there
+    (a rerun of `make eval` then only scores); an unfinished one resumes from its journal."""
+    if responses.is_file():
+        text = Path(data).read_text(encoding="utf-8")
+        is_list = text.lstrip().startswith("[")  # a JSON list, else JSON Lines
+        n_data = len(json.loads(text)) if is_list else sum(1 for line in text.splitlines() if line.strip())
+        n_done = sum(1 for line in responses.read_text(encoding="utf-8").splitlines() if line.strip())
+        if n_done == n_data:
+            print(f"using the finished {responses} (delete it to generate again)")
+            return 0
+    return generation.main(["--ckpt", ckpt, "--data", data, "--out", str(responses), *gen_args])
+
+
 def run_ifeval(ckpt: str, data: str, out: Path, gen_args: list[str]) -> dict | None:
     """Responses of `ckpt` to the IFEval prompts in `data`, scored; the report, or None on failure."""
     responses = out / "ifeval_responses.jsonl"
-    rc = generation.main(["--ckpt", ckpt, "--data", data, "--out", str(responses), *gen_args])
-    if rc != 0:
+    if _respond(ckpt, data, responses, gen_args) != 0:
         return None
     report = out / "ifeval.json"
     if ifeval_cli.main(["--responses", str(responses), "--data", data, "--out", str(report)]) != 0:
@@ -90,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     judged = None
     if ns.reference is not None:
         responses = out / "reference_responses.jsonl"
-        if generation.main(["--ckpt", ns.ckpt, "--data", ns.reference, "--out", str(responses), *gen_args]) != 0:
+        if _respond(ns.ckpt, ns.reference, responses, gen_args) != 0:
             return 2
         judge_dir = out / "judge"
         rc = judge.main(["--responses", str(responses), "--reference", ns.reference, "--config", ns.judge_config,

@@ -129,6 +129,9 @@ class EvalConfig:
     samples: int = 2  # greedy generations of held-out prompts written to TensorBoard
     max_new_tokens: int = 64
     exact_match: bool = False  # at the end, greedy exact-match accuracy on `heldout` (train.evaluate)
+    # At the end, rank 0 answers IFEval's prompts (this input_data.jsonl) with the exported model
+    # and scores them into <output_dir>/eval/ (evaluation.suite, as `make eval` does).
+    ifeval: str | None = None
 
 
 def _data_config_type() -> type:

@@ -116,13 +116,21 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         final = ckpt.export(model, inputs.args, run.out_dir / "final", inputs.tokenizer_path,
                             EXPORT_DTYPES[cfg.checkpoint.export_dtype], info)
         log.message(f"exported {final}")
-        if cfg.eval.exact_match and inputs.heldout:
-            # Free the sharded model and optimizer state, then every rank evaluates its share of
-            # the prompts with the exported model on its own device, in the training dtype.
-            del model, optimizer, scheduler, batches, steps
-            parallel.release_memory(info.device)
+        # Free the sharded model and optimizer state: evaluation loads the exported model, on each
+        # rank's own device, in the training dtype.
+        del model, optimizer, scheduler, batches, steps
+        parallel.release_memory(info.device)
+        if cfg.eval.exact_match and inputs.heldout:  # every rank takes its share of the prompts
             evaluate_on_ranks(final, inputs.tokenizer, load_records(inputs.heldout), cfg.data.template,
                               cfg.eval.max_new_tokens, parallel.compute_dtype(cfg.parallel), info,
                               run.out_dir / "eval.json", log.message)
+        if cfg.eval.ifeval and info.is_main:
+            from evaluation.suite import run_ifeval
+
+            dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}[parallel.compute_dtype(cfg.parallel)]
+            report = run_ifeval(str(final), cfg.eval.ifeval, run.out_dir / "eval",
+                                ["--device", str(info.device), "--dtype", dtype])
+            if report is not None:
+                log.message(f"IFEval prompt-level strict accuracy: {report['prompt_level_strict_acc']:.4f}")
     log.close()
     return row if info.is_main else {}
