@@ -35,7 +35,10 @@ def _respond(ckpt: str, data: str, responses: Path, gen_args: list[str]) -> int:
     if responses.is_file():
         text = Path(data).read_text(encoding="utf-8")
         is_list = text.lstrip().startswith("[")  # a JSON list, else JSON Lines
-        n_data = len(json.loads(text)) if is_list else sum(1 for line in text.splitlines() if line.strip())
+        try:
+            n_data = len(json.loads(text)) if is_list else sum(1 for line in text.splitlines() if line.strip())
+        except ValueError:  # malformed: generation names the record in its one-line error
+            n_data = -1
         n_done = sum(1 for line in responses.read_text(encoding="utf-8").splitlines() if line.strip())
         if n_done == n_data:
             print(f"using the finished {responses} (delete it to generate again)")
