@@ -9,7 +9,8 @@ counted as unparseable and left out of the rates, never guessed. Identical outpu
 (0.5) without asking. Outputs in output_dir: journal.jsonl (resume: run the same command again;
 nothing is paid for twice), judgments.jsonl and report.json (both written atomically).
 
-Exit status: 0 done; 1 stopped early (cost cap, budget, server down; work kept); 2 bad input
+Exit status: 0 done; 1 stopped early (cost cap, budget, a server that went down; work kept); 2 bad
+input (files, config, a judge that cannot be reached at all)
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ class Judge:
             journal.close()
             if self.bar is not None:
                 self.bar.close()
-            self.write_outputs(stop)
+            if not unreachable:  # a judge that cannot be reached is bad input: no report of nothing
+                self.write_outputs(stop)
         return stop, unreachable
 
     def _run_sync(self, todo: dict[int, str]) -> str | None:
@@ -290,8 +292,9 @@ def _api_key(config: JudgeConfig) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.eval judge", description=__doc__.splitlines()[0],
-                                     epilog="Exit status: 0 done; 1 stopped early (cost cap, budget, server down; "
-                                            "work kept); 2 bad input")
+                                     epilog="Exit status: 0 done; 1 stopped early (cost cap, budget, a server "
+                                            "that went down; work kept); 2 bad input (files, config, a judge "
+                                            "that cannot be reached at all)")
     parser.add_argument("--responses", required=True, help="JSONL of {instruction, input?, response}")
     parser.add_argument("--reference", required=True, help="JSON or JSONL of {instruction, input?, output}")
     parser.add_argument("--config", default=None, help="YAML config (see configs/judge.yaml)")
@@ -316,11 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: judgments so far are saved; run the same command again to resume", file=sys.stderr)
         return 130
+    if unreachable:  # the URL or the server is wrong: bad input, as a missing file is
+        print(f"error: {stop}", file=sys.stderr)
+        return 2
     print(table(judge.result))
     if stop is None:
         return 0
-    if unreachable:
-        print(f"error: {stop}", file=sys.stderr)
     else:
         print(f"stopped before every pair was judged: {stop}; judgments so far are in {config.output_dir}; "
               f"run again (with a larger budget if one stopped it) to resume", file=sys.stderr)
