@@ -21,12 +21,13 @@ import torch
 
 from data.alpaca import DataError, encode_prompt, parse_records, response_end_ids
 from data.prompts import format_prompt
+from evaluation.loading import LoadError
 from model.llama import Transformer
 from model.sampling import generate_batch
 from model.tokenizer import Tokenizer
 
 
-class GenerationError(ValueError):
+class GenerationError(LoadError):
     """A problem the user can fix (a bad data file, checkpoint or setting), as one printable line."""
 
 

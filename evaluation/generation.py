@@ -22,7 +22,6 @@ llama3_chat for a Llama 3 tokenizer, else alpaca. Decoding is greedy at --temper
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from data.prompts import get_template
 from evaluation.batching import (
@@ -41,8 +39,9 @@ from evaluation.batching import (
     load_prompt_records,
     prompt_text,
 )
-from model.llama import Transformer
-from model.tokenizer import Tokenizer, TokenizerError, load_tokenizer, vocab_mismatch
+from evaluation.loading import LoadError, check_device, load_for_inference, trained_template
+from model.manifest import sha256_file
+from model.tokenizer import Tokenizer
 
 __all__ = ["generate_responses", "main"]
 
@@ -50,49 +49,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def default_template(ckpt: Path, tokenizer: Tokenizer) -> str:
-    """The training run's template (its config.yaml sits beside `final/`, as tools.chat reads it),
-    else llama3_chat when the tokenizer is Llama 3's, else alpaca."""
-    run_config = ckpt / ".." / "config.yaml"
-    if run_config.is_file():
-        try:
-            template = (yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("data", {}).get("template")
-        except (yaml.YAMLError, OSError, AttributeError) as e:
-            raise GenerationError(f"{run_config}: cannot read the training run's template "
-                                  f"({type(e).__name__}); pass --template") from None
-        if template:
-            return template
-    return "llama3_chat" if "<|eot_id|>" in tokenizer.special_ids else "alpaca"
-
-
-def load_checkpoint(ckpt: Path, tokenizer_path: Path | None, device: torch.device,
-                    dtype: torch.dtype) -> tuple[Transformer, Tokenizer]:
-    """Model and tokenizer; every way a checkpoint fails to load becomes one GenerationError line."""
-    from safetensors import SafetensorError
-
-    from model.checkpoint import CheckpointError, load_args, load_model
-
-    if not ckpt.is_dir():
-        raise GenerationError(f"{ckpt}: not a checkpoint directory (config.json, *.safetensors, tokenizer.model)")
-    tok_path = tokenizer_path or ckpt / "tokenizer.model"
-    if not tok_path.is_file():
-        raise GenerationError(f"{tok_path}: tokenizer not found (pass --tokenizer PATH)")
-    try:
-        args = load_args(ckpt)
-        tokenizer = load_tokenizer(tok_path)
-        problem = vocab_mismatch(tok_path, tokenizer.vocab_size, args.vocab_size)
-        if problem:
-            raise GenerationError(problem)
-        return load_model(ckpt, device=device, dtype=dtype), tokenizer
-    except (CheckpointError, TokenizerError, SafetensorError, OSError) as e:
-        raise GenerationError(f"{ckpt}: checkpoint does not load: {e}") from None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The training run's template (as tools.chat reads it), else llama3_chat when the tokenizer is
+    Llama 3's, else alpaca."""
+    return trained_template(ckpt) or ("llama3_chat" if "<|eot_id|>" in tokenizer.special_ids else "alpaca")
 
 
 class Journal:
@@ -190,23 +149,18 @@ def run(a: argparse.Namespace) -> int:
     if a.batch_size < 1 or a.max_new_tokens < 1 or a.temperature < 0 or not 0 < a.top_p <= 1:
         raise GenerationError("need --batch-size >= 1, --max-new-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1")
     records = load_prompt_records(a.data)
-    try:
-        device = torch.device(a.device)
-    except RuntimeError as e:
-        raise GenerationError(f"--device {a.device}: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GenerationError(f"--device {a.device}: no CUDA device is available; use --device cpu")
+    device = check_device(a.device)
     dtype = DTYPES[a.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     if a.tokenizer is not None and not a.tokenizer.is_file():
         raise GenerationError(f"{a.tokenizer}: tokenizer not found")
-    model, tokenizer = load_checkpoint(a.ckpt, a.tokenizer, device, dtype)
+    model, tokenizer = load_for_inference(a.ckpt, a.tokenizer, device, dtype)
     template = a.template or default_template(a.ckpt, tokenizer)
     try:
         get_template(template)
     except (ValueError, TypeError) as e:
         raise GenerationError(f"--template: {e}") from None
     prompts = encode_all(tokenizer, records, template)
-    settings = {"data": str(a.data.resolve()), "data_sha256": file_sha256(a.data), "ckpt": str(a.ckpt.resolve()),
+    settings = {"data": str(a.data.resolve()), "data_sha256": sha256_file(a.data), "ckpt": str(a.ckpt.resolve()),
                 "template": str(template),
                 "max_new_tokens": a.max_new_tokens, "temperature": a.temperature, "top_p": a.top_p, "seed": a.seed}
     a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return run(a)
-    except GenerationError as e:
+    except LoadError as e:  # GenerationError included
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -33,18 +33,17 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from data.alpaca import DataError, encode_prompt
-from data.prompts import TEMPLATES, get_template
-from model.checkpoint import CheckpointError, load_args, load_model
+from data.prompts import TEMPLATES
+from evaluation.loading import LoadError, check_device, load_for_inference, trained_template
 from model.llama import Transformer
 from model.sampling import generate
-from model.tokenizer import Tokenizer, TokenizerError, load_tokenizer, vocab_mismatch
+from model.tokenizer import Tokenizer
 
 
-class ChatError(Exception):
-    """A problem the user can fix (bad --ckpt, prompt too long); reported as one line."""
+class ChatError(LoadError):
+    """A problem the user can fix (a prompt too long for the model); reported as one line."""
 
 
 class Streamer:
@@ -85,66 +84,6 @@ class OneLine:
 
     def flush(self) -> None:
         self.out.flush()
-
-
-def check_device(name: str) -> torch.device:
-    """The --device as torch.device, or a ChatError when this machine or torch build lacks it."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ChatError(f"--device {name}: {e}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
-            raise ChatError(f"--device {name}: {why} (torch {torch.__version__}); use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ChatError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ChatError(f"--device {name}: MPS is not available here; use --device cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ChatError(f"--device {name}: use cpu, cuda, cuda:N or mps")
-    return device
-
-
-def load(ckpt: Path, tokenizer_path: Path | None, device: str, dtype: torch.dtype) -> tuple[Transformer, Tokenizer]:
-    """Model and tokenizer from a checkpoint directory; every failure becomes a one-line ChatError."""
-    if not ckpt.is_dir():
-        raise ChatError(f"{ckpt}: not a directory (expected a project checkpoint: config.json, "
-                        "*.safetensors, tokenizer.model)")
-    tok_path = tokenizer_path or ckpt / "tokenizer.model"
-    if not tok_path.is_file():
-        raise ChatError(f"{tok_path}: tokenizer not found (pass --tokenizer PATH)")
-    try:
-        args = load_args(ckpt)
-        tokenizer = load_tokenizer(tok_path)
-    except (CheckpointError, TokenizerError) as e:
-        raise ChatError(str(e)) from None
-    problem = vocab_mismatch(tok_path, tokenizer.vocab_size, args.vocab_size)
-    if problem:
-        raise ChatError(problem)
-    try:
-        model = load_model(ckpt, device=device, dtype=dtype)
-    except CheckpointError as e:
-        raise ChatError(str(e)) from None
-    return model, tokenizer
-
-
-def trained_template(ckpt: Path) -> str:
-    """The template the run that exported `ckpt` trained with (its config.yaml sits beside
-    `final/`), or "alpaca" when there is no such run (a converted Meta/HF checkpoint)."""
-    run_config = ckpt / ".." / "config.yaml"
-    if not run_config.is_file():
-        return "alpaca"
-    try:
-        template = (yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("data", {}).get("template")
-    except (yaml.YAMLError, OSError, AttributeError) as e:
-        raise ChatError(f"{run_config}: cannot read the training run's template ({type(e).__name__}); "
-                        "pass --template") from None
-    try:
-        get_template(template)  # a built-in name or a .json template file, as training accepts
-    except (ValueError, TypeError) as e:
-        raise ChatError(f"{run_config}: data.template: {e}; pass --template") from None
-    return template
 
 
 def respond(model: Transformer, tokenizer: Tokenizer, instruction: str, input_text: str = "",
@@ -218,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         device = check_device(a.device)
         dtype = getattr(torch, a.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
         generator = torch.Generator(device=device).manual_seed(a.seed)
-        model, tokenizer = load(a.ckpt, a.tokenizer, a.device, dtype)
-        sample = dict(template=a.template or trained_template(a.ckpt), max_new_tokens=a.max_new_tokens,
+        model, tokenizer = load_for_inference(a.ckpt, a.tokenizer, device, dtype)
+        sample = dict(template=a.template or trained_template(a.ckpt) or "alpaca", max_new_tokens=a.max_new_tokens,
                       temperature=a.temperature, top_p=a.top_p, generator=generator)
         if a.instruction is not None:
             respond(model, tokenizer, a.instruction, a.input, **sample)
@@ -235,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             except ChatError as e:  # a too-long prompt should not end the session
                 print(f"error: {e}", file=sys.stderr)
             print()
-    except ChatError as e:
+    except LoadError as e:  # ChatError included
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
