@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -37,6 +36,7 @@ from evaluation.pairs import (
 )
 from evaluation.winrate import L2_PENALTY, length_controlled, win_rate
 from generate.client import ModelClient
+from generate.config import api_key
 from generate.endpoint import Completion
 from generate.errors import StopRun, Unreachable, UserError
 from generate.journal import Journal, atomic_write_text
@@ -124,9 +124,7 @@ class Judge:
         self.out.mkdir(parents=True, exist_ok=True)
         journal = self.journal = Journal(self.out / "journal.jsonl")
         replay = journal.open(self._header())
-        for rec in replay.run_records:  # what an earlier run learnt about the server
-            if rec["type"] == "adapt":
-                self.client.endpoint.apply(rec["change"])
+        self.client.replay_adaptations(replay.run_records)
         saved = [r for b in sorted(replay.batches) for r in replay.batches[b] if r["type"] == "response"]
         saved += [replay.pending_responses[b] for b in sorted(replay.pending_responses)]
         by_sha = {}
@@ -279,17 +277,6 @@ def table(report: dict) -> str:
     return "\n".join(f"{k:<14}{v}" for k, v in rows)
 
 
-def _api_key(config: JudgeConfig) -> str:
-    """From the environment only; a server given by base_url without auth gets a dummy."""
-    key = os.environ.get(config.api_key_env, "").strip()
-    if key:
-        return key
-    if config.base_url:
-        return "not-needed"
-    raise UserError(f"no API key: set {config.api_key_env} in the environment, or point base_url at an "
-                    f"OpenAI-compatible server (base_url=http://localhost:8000/v1)")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.eval judge", description=__doc__.splitlines()[0],
                                      epilog="Exit status: 0 done; 1 stopped early (cost cap, budget, a server "
@@ -308,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         if not pairs:
             raise UserError(f"no response in {args.responses} matches a reference in {args.reference} "
                             f"(matched by instruction and input)")
-        judge = Judge(config, _api_key(config), pairs, (no_ref, no_resp))
+        judge = Judge(config, api_key(config, "python -m tools.eval judge ..."), pairs, (no_ref, no_resp))
         if no_ref or no_resp:
             print(f"note: unmatched: {no_ref} responses have no reference, {no_resp} references have no "
                   f"response; {len(pairs)} pairs are judged", file=sys.stderr)

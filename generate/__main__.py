@@ -14,23 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from generate.config import load_config
+from generate.config import api_key, load_config
 from generate.errors import UserError
-
-
-def _api_key(config) -> str:
-    """The key comes from the environment only; a local server without auth gets a dummy."""
-    key = os.environ.get(config.api_key_env, "").strip()
-    if key:
-        return key
-    if config.base_url:
-        return "not-needed"
-    raise UserError(f"no API key: set {config.api_key_env} in the environment (export "
-                    f"{config.api_key_env}=sk-...), or point base_url at an OpenAI-compatible server "
-                    f"(python -m generate --config FILE base_url=http://localhost:8000/v1)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         from generate.pipeline import Generator  # imported late: --help stays fast
 
         config = load_config(args.config, args.overrides)
-        result = Generator(config, _api_key(config)).run()
+        result = Generator(config, api_key(config, "python -m generate --config FILE")).run()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

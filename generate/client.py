@@ -132,6 +132,13 @@ class ModelClient:
     def max_tokens(self) -> int:
         return self.endpoint.current_budget()
 
+    def replay_adaptations(self, run_records: list[dict]) -> None:
+        """Re-apply what an earlier run learnt about the server (its journal's `adapt` records), so
+        a resumed run never pays to learn it again."""
+        for rec in run_records:
+            if rec["type"] == "adapt":
+                self.endpoint.apply(rec["change"])
+
     def _adapt(self, change: dict | None, why: str) -> None:
         if change:
             self.endpoint.apply(change)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -281,3 +282,16 @@ def load_config(path: str | Path | None, overrides: list[str] = (), schema: type
 def config_to_dict(config: GenerateConfig) -> dict:
     """Plain data for the run metadata; the config never holds an API key, only its variable name."""
     return dataclasses.asdict(config)
+
+
+def api_key(config: Any, command: str) -> str:
+    """The API key from the environment only (never a config file); a server given by base_url
+    without auth gets a dummy. `command` is the caller's command line, for the hint."""
+    key = os.environ.get(config.api_key_env, "").strip()
+    if key:
+        return key
+    if config.base_url:
+        return "not-needed"
+    raise UserError(f"no API key: set {config.api_key_env} in the environment (export "
+                    f"{config.api_key_env}=sk-...), or point base_url at an OpenAI-compatible server "
+                    f"({command} base_url=http://localhost:8000/v1)")

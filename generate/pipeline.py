@@ -210,9 +210,7 @@ class Generator:
         self.out.mkdir(parents=True, exist_ok=True)
         journal = self.journal = Journal(self.out / "journal.jsonl")
         replay = journal.open(self._header())
-        for rec in replay.run_records:  # what an earlier run learnt about the server
-            if rec["type"] == "adapt":
-                self.client.endpoint.apply(rec["change"])
+        self.client.replay_adaptations(replay.run_records)
         for seed in self.seeds:  # seeds are in the dedup pool from the start, as in Alpaca
             self.dedup.add(seed.instruction)
         for b in sorted(replay.batches):
