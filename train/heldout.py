@@ -46,10 +46,11 @@ def sample_responses(model: torch.nn.Module, tokenizer, records: list[dict], tem
     """Greedy continuations of a few held-out prompts with the KV cache, for a human glance in
     TensorBoard. The cache lives only for these calls (`dtype`: the compute dtype)."""
     model.eval()
+    prompts = [encode_prompt(tokenizer, rec, template) for rec in records]
+    longest = max((len(ids) for ids in prompts), default=0)
+    model.setup_caches(1, min(longest + max_new_tokens, model.args.max_seq_len), dtype=dtype)  # one for all
     out = []
-    for rec in records:
-        ids = encode_prompt(tokenizer, rec, template)
-        model.setup_caches(1, min(len(ids) + max_new_tokens, model.args.max_seq_len), dtype=dtype)
+    for rec, ids in zip(records, prompts, strict=True):
         new = generate(model, ids, max_new_tokens, eos_id=tokenizer.stop_ids, agree=_rank0_tokens)
         out.append((format_prompt(rec, template), tokenizer.decode(new)))
     model.reset_caches()

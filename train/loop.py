@@ -70,7 +70,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                 + (f", resumed from {run.resume_from} at step {run.step}" if run.resume_from else ""))
     if verdict:
         log.message(f"warning: {verdict}")
-    heldout = None
+    heldout, heldout_records = None, load_records(inputs.heldout) if inputs.heldout else []
     if cfg.eval.every > 0 and inputs.heldout:
         held_data = dataclasses.replace(inputs.data, paths=[inputs.heldout], weights=None)
         heldout = AlpacaLoader(held_data, inputs.tokenizer, micro, info.rank, info.world_size, cfg.seed)
@@ -101,7 +101,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
 
         if heldout is not None and (step % cfg.eval.every == 0 or step == total_steps):
             values = heldout_loss(model, heldout, cfg.eval.max_batches, info.device, cfg.parallel.attention)
-            samples = sample_responses(model, inputs.tokenizer, load_records(inputs.heldout)[: cfg.eval.samples],
+            samples = sample_responses(model, inputs.tokenizer, heldout_records[: cfg.eval.samples],
                                        cfg.data.template, cfg.eval.max_new_tokens,
                                        parallel.compute_dtype(cfg.parallel))
             log.log_eval(step, values, samples)
@@ -121,7 +121,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         del model, optimizer, scheduler, batches, steps
         parallel.release_memory(info.device)
         if cfg.eval.exact_match and inputs.heldout:  # every rank takes its share of the prompts
-            evaluate_on_ranks(final, inputs.tokenizer, load_records(inputs.heldout), cfg.data.template,
+            evaluate_on_ranks(final, inputs.tokenizer, heldout_records, cfg.data.template,
                               cfg.eval.max_new_tokens, parallel.compute_dtype(cfg.parallel), info,
                               run.out_dir / "eval.json", log.message)
         if cfg.eval.ifeval and info.is_main:
