@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -113,8 +113,11 @@ def save_checkpoint(
     tokenizer_path: str | os.PathLike | None = None,
     max_shard_bytes: int = 5 * 1024**3,
     dtype: torch.dtype | None = None,
+    extra_files: Mapping[str, Callable[[], bytes]] | None = None,
 ) -> Path:
-    """Write a project checkpoint; `tensors` may be a generator (one gathered tensor at a time)."""
+    """Write a project checkpoint; `tensors` may be a generator (one gathered tensor at a time).
+    `extra_files`: name -> its bytes, asked for after the tensors are written (a LoRA run's
+    adapter, collected while the merged weights stream past), covered by the manifest."""
     final = Path(out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_dir(final)
@@ -124,6 +127,8 @@ def save_checkpoint(
         _write_json(tmp / CONFIG_NAME, args.to_dict())
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / TOKENIZER_NAME)
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_bytes(content())
         write_manifest(tmp)  # last: its presence says every other file is complete
         commit_dir(tmp, final)
     except BaseException:

@@ -29,6 +29,7 @@ Schema (YAML, every section optional; defaults below):
     checkpoint: {every, keep, export, export_dtype, verify, on_error}
     log: {every, tensorboard}
     eval: {every, heldout, max_batches, samples, max_new_tokens, exact_match}
+    lora: {rank, alpha, dropout, targets, rslora, quantize_base}   # absent: full fine-tuning
 """
 
 from __future__ import annotations
@@ -134,6 +135,19 @@ class EvalConfig:
     ifeval: str | None = None
 
 
+@dataclass
+class LoraConfig:
+    """Low-rank adapters on a frozen base (model/lora.py); the section's presence turns them on.
+    Defaults are alpaca-lora's (r 8, alpha 16, dropout 0.05, q and v projections)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05  # on the adapter's input only, as PEFT does
+    targets: list[str] = field(default_factory=lambda: ["wq", "wv"])  # Meta's names, or ["all"]
+    rslora: bool = False  # scale alpha / sqrt(rank) (rank-stabilised LoRA) instead of alpha / rank
+    quantize_base: Literal["none", "nf4"] = "none"  # nf4: QLoRA, frozen linear weights in NF4 (torchao)
+
+
 def _data_config_type() -> type:
     from data.config import DataConfig
 
@@ -161,6 +175,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: LoraConfig | None = None
 
 
 # ---------------------------------------------------------------- typed filling
@@ -338,9 +353,36 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError("parallel.mixed_precision=pure_bf16 is refused for fine-tuning (model.init_from): "
                           "bf16 weights round away updates as small as lr 2e-5 gives; use bf16 "
                           "(bf16 compute on fp32 master weights)")
+    if cfg.lora is not None:
+        _check_lora(cfg)
     if cfg.model.init_from is not None and cfg.model.args:
         raise ConfigError(f"config key 'model.{next(iter(cfg.model.args))}' cannot be combined with "
                           "model.init_from (the checkpoint's config.json fixes the architecture)")
+
+
+def _check_lora(cfg: TrainConfig) -> None:
+    from model.lora import TARGETS
+
+    lora = cfg.lora
+    if lora.rank < 1:
+        raise ConfigError(f"config key 'lora.rank' must be >= 1, got {lora.rank}")
+    if lora.alpha <= 0:
+        raise ConfigError(f"config key 'lora.alpha' must be > 0, got {lora.alpha}")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"config key 'lora.dropout' must be in [0, 1), got {lora.dropout}")
+    for name in lora.targets:
+        if name != "all" and name not in TARGETS:
+            close = difflib.get_close_matches(name, TARGETS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"config key 'lora.targets': unknown target '{name}'{hint}; "
+                              f"valid: {', '.join(TARGETS)} or all (Meta's names)")
+    if not lora.targets:
+        raise ConfigError("config key 'lora.targets' is empty; name at least one of " + ", ".join(TARGETS))
+    if cfg.model.init_from is None:
+        raise ConfigError("lora: adapters need a base model to adapt: set model.init_from to a converted checkpoint")
+    if cfg.parallel.mixed_precision == "pure_bf16":
+        raise ConfigError("lora with parallel.mixed_precision=pure_bf16 is refused: adapters train in fp32 "
+                          "(mixed_precision=bf16 computes in bf16 and keeps the base frozen in bf16)")
 
 
 def to_dict(cfg: TrainConfig) -> dict:
@@ -366,7 +408,7 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
 # data and template, seed, master-weight dtype); every other key (lr and schedule, max_steps,
 # epochs, eval, checkpoint cadence, logging, parallel layout) is applied from the resumed step.
 # The batch split may change only with the global batch kept (train/run.py checks that).
-REFUSED_ON_RESUME = ("model.", "data.", "seed", "tokenizer", "parallel.mixed_precision")
+REFUSED_ON_RESUME = ("model.", "data.", "seed", "tokenizer", "parallel.mixed_precision", "lora")
 IGNORED_ON_RESUME = ("resume", "output_dir", "changes", "overwrite", "data.cache_dir", "data.num_proc")
 
 
