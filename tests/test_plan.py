@@ -94,10 +94,12 @@ def test_prediction_within_20_percent_of_the_measured_cpu_peak(extra):
 
 # Every config whose header states a planner number (all but the tiny default and generate's).
 STATED = ["alpaca_13b.yaml", "alpaca_7b.yaml", "alpaca_7b_fast.yaml", "bench_1b.yaml", "llama2_7b.yaml",
-          "llama2_7b_fast.yaml", "llama31_8b_instruct_alpaca.yaml", "llama3_8b_alpaca.yaml"]
+          "llama2_7b_fast.yaml", "llama31_8b_instruct_alpaca.yaml", "llama3_8b_alpaca.yaml",
+          "alpaca_lora_7b.yaml", "alpaca_qlora_7b.yaml", "llama3_8b_qlora.yaml"]
 RECIPES = {"alpaca_7b.yaml": "llama1-7b", "alpaca_13b.yaml": "llama1-13b", "llama2_7b.yaml": "llama2-7b",
            "alpaca_7b_fast.yaml": "llama1-7b", "llama2_7b_fast.yaml": "llama2-7b",
            "llama3_8b_alpaca.yaml": "llama3-8b", "llama31_8b_instruct_alpaca.yaml": "llama3.1-8b"}
+ONE_GPU = {"alpaca_lora_7b.yaml": "llama1-7b", "alpaca_qlora_7b.yaml": "llama1-7b", "llama3_8b_qlora.yaml": "llama3-8b"}
 HEADER = re.compile(r"Memory \(python -m tools\.plan ([^)]*)\): ([\d.]+) GB")
 
 
@@ -115,6 +117,8 @@ def test_every_header_states_what_its_own_planner_command_prints_and_fits(name, 
     assert argv[:2] == ["--config", f"configs/{name}"]
     if name in RECIPES:  # 8 x 80 GB, with the architecture of the checkpoint the recipe fine-tunes
         assert argv[2:] == ["--model", RECIPES[name]]
+    if name in ONE_GPU:  # LoRA / QLoRA: one 24 GB GPU
+        assert argv[2:] == ["--model", ONE_GPU[name], "--gpus", "1", "--gpu-mem-gb", "24"]
     capsys.readouterr()
     code = plan_main([argv[0], str(ROOT / argv[1]), *argv[2:], "--json"])
     r = json.loads(capsys.readouterr().out)

@@ -88,7 +88,13 @@ def report(cfg, args, gpus: int, gpu_mem_gb: float, mfu: float, peak_tflops: flo
     p = plan(cfg, args, gpus, context_gb)
     ok = p.fits(gpu_mem_gb)
     step_s = p.flops_per_step / (gpus * peak_tflops * 1e12 * mfu) if peak_tflops else None
-    return {"params": args.num_params(), "vocab_size": args.vocab_size, "vocab_source": vocab_source,
+    lora = None
+    if cfg.lora is not None:
+        from train.plan_lora import adapter_params, targets
+
+        lora = {"rank": cfg.lora.rank, "targets": targets(cfg.lora), "quantize_base": cfg.lora.quantize_base,
+                "trainable_params": adapter_params(args, cfg.lora)}
+    return {"params": args.num_params(), "vocab_size": args.vocab_size, "vocab_source": vocab_source, "lora": lora,
             "gpus": gpus, "shard": p.shard, "mixed_precision": cfg.parallel.mixed_precision,
             "activation_checkpointing": cfg.parallel.activation_checkpointing,
             "tokens_per_micro_batch": p.tokens, "grad_accum": cfg.batch.grad_accum,
@@ -106,6 +112,11 @@ def render(r: dict) -> str:
              f"activation checkpointing {r['activation_checkpointing']}, {r['tokens_per_micro_batch']} tokens "
              f"per micro-batch, accumulation {r['grad_accum']}",
              "per GPU:"]
+    if r.get("lora"):
+        lo = r["lora"]
+        base = "in NF4 (adapted linears)" if lo["quantize_base"] == "nf4" else "in the compute dtype"
+        lines.insert(1, f"LoRA r {lo['rank']} on {', '.join(lo['targets'])}: {lo['trainable_params']:,} trainable "
+                        f"parameters; frozen base {base}")
     lines += [f"  {k:<16} {v:8.2f} GB" for k, v in r["terms_gb"].items()]
     lines.append(f"  {'total':<16} {r['total_gb']:8.2f} GB of {r['gpu_mem_gb']:.0f} GB: "
                  + ("fits" if r["fits"] else "DOES NOT FIT"))

@@ -19,6 +19,10 @@
   slack                  allocator fragmentation and workspaces: 10% of the above, plus the
                          accelerator's context that max_memory_allocated never shows (1.5 GB)
 
+With a `lora:` section the state terms are the frozen base's and the adapters' instead, plus the
+NF4 dequantisation working set, and the activations drop what only weight gradients need and add
+the adapters' inputs: train/plan_lora.py.
+
 The activation term follows the autograd graph of this model as written: RMSNorm saves its fp32
 input copy and its normalised output; RoPE saves fp32 q and k; attention (flash / efficient /
 flex kernels) saves q, k, v, the output and a logsumexp, never the T x T scores; SwiGLU saves
@@ -36,6 +40,7 @@ from model.loss import chunk_tokens
 from train.config import TrainConfig
 from train.metrics import model_flops
 from train.parallel import uses_fsdp
+from train.plan_lora import lora_activation_bytes_per_token, lora_fix, lora_state_terms
 
 GB = 1e9
 GPUS = {"a100-40": 40.0, "a100": 80.0, "a100-80": 80.0, "h100": 80.0, "h200": 141.0}
@@ -130,8 +135,13 @@ def plan(cfg: TrainConfig, args: ModelArgs, gpus: int, context_gb: float = CONTE
         t["root_unsharded"] = root * c + root * 4
     else:
         t["gathered_layers"] = t["root_unsharded"] = 0.0
+    if cfg.lora is not None:  # frozen base, trainable adapters (train/plan_lora.py)
+        t.pop("grads_in_flight", None)
+        t.update(lora_state_terms(cfg, args, S, c, uses_fsdp(pcfg, gpus)))
 
     full = activation_bytes_per_token(args, c)
+    if cfg.lora is not None:
+        full = lora_activation_bytes_per_token(args, c, cfg.lora, full)
     policy = pcfg.activation_checkpointing
     if policy == "none":
         kept = L * full
@@ -182,6 +192,8 @@ def smallest_fix(cfg: TrainConfig, args: ModelArgs, gpus: int, gpu_mem_gb: float
         if fits_with(lambda c, mb=mb: setattr(c.batch, "micro_batch_size", mb)):
             accum = cfg.batch.grad_accum * cfg.batch.micro_batch_size // mb
             return f"batch.micro_batch_size={mb} batch.grad_accum={accum} (same global batch)"
+    if cfg.lora is not None and (fix := lora_fix(cfg, fits_with)):
+        return fix
     if p.fsdp != "full" and fits_with(lambda c: setattr(c.parallel, "fsdp", "full")):
         return "parallel.fsdp=full"
     for g in (gpus * 2, gpus * 4, gpus * 8):
