@@ -25,7 +25,7 @@ from data.alpaca import load_records
 from data.loader import AlpacaLoader
 from train import checkpoint as ckpt
 from train import parallel
-from train.build import build_training, resolve_inputs
+from train.build import adapter_info, build_training, resolve_inputs
 from train.config import ConfigError, TrainConfig
 from train.distributed import DistInfo, init_distributed
 from train.evaluate import evaluate_on_ranks
@@ -114,7 +114,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     # ------------------------------------------------------------ the end
     if not run.stopped and cfg.checkpoint.export:
         final = ckpt.export(model, inputs.args, run.out_dir / "final", inputs.tokenizer_path,
-                            EXPORT_DTYPES[cfg.checkpoint.export_dtype], info)
+                            EXPORT_DTYPES[cfg.checkpoint.export_dtype], info, adapter_info(cfg))
         log.message(f"exported {final}")
         # Free the sharded model and optimizer state: evaluation loads the exported model, on each
         # rank's own device, in the training dtype.
