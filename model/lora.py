@@ -63,13 +63,18 @@ class LoRALinear(nn.Module):
         self.lora_b = nn.Linear(rank, self.out_features, bias=False, device=device)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.rank, self.scale = rank, lora_scale(rank, alpha, rslora)
+        self.reset_adapter()  # B = 0: until trained, the module computes exactly the base map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if is_nf4(self.weight):
             base = _nf4().linear_nf4(input=x, weight=self.weight)
         else:
             base = F.linear(x, self.weight)
-        return base + self.lora_b(self.lora_a(self.dropout(x))) * self.scale
+        # The adapters may be kept in another dtype than the base (fp32 next to a bf16 base when
+        # no FSDP policy casts them for the forward): compute in theirs, add in the base's.
+        a, b = self.lora_a.weight, self.lora_b.weight
+        delta = F.linear(F.linear(self.dropout(x).to(a.dtype), a), b) * self.scale
+        return base + delta.to(base.dtype)
 
     @torch.no_grad()
     def reset_adapter(self, generator: torch.Generator | None = None) -> None:
@@ -134,7 +139,8 @@ def merged_weight(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale:
 def merge_stream(items: Iterable[tuple[str, torch.Tensor]], module_scales: dict[str, float]
                  ) -> Iterator[tuple[str, torch.Tensor]]:
     """A model's (name, tensor) stream with adapters folded into their weights: the plain
-    LLaMA state dict (Meta's names) that every other tool reads. Holds at most one module's
+    LLaMA state dict (Meta's names) that every other tool reads. Merged weights come out fp32
+    (the caller casts the whole stream to the export dtype). Holds at most one module's
     three tensors at a time (the state dict lists weight, lora_a, lora_b together)."""
     held: dict[str, dict[str, torch.Tensor]] = {}
     for name, t in items:
@@ -200,7 +206,7 @@ def merge_into_plain(model: nn.Module) -> None:
         parent = model.get_submodule(name.rpartition(".")[0])
         w = merged_weight(m.weight, m.lora_a.weight, m.lora_b.weight, m.scale)
         lin = nn.Linear(m.in_features, m.out_features, bias=False, device=w.device,
-                        dtype=m.lora_a.weight.dtype)
+                        dtype=dequantize(m.weight).dtype)
         lin.weight.copy_(w)
         setattr(parent, name.rpartition(".")[2], lin)
 

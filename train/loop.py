@@ -64,7 +64,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     total_steps = cfg.max_steps or cfg.epochs * loader.steps_per_epoch()
     model, optimizer, scheduler = build_training(cfg, inputs.args, info, total_steps)
     log = run.restore(model, optimizer, scheduler, loader)
-    log.message(f"model {inputs.args.num_params() / 1e6:.2f}M params, world {info.world_size} (mesh "
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.message(f"model {inputs.args.num_params() / 1e6:.2f}M params"
+                + (f" ({trainable / 1e6:.3f}M trainable: LoRA adapters)" if cfg.lora else "")
+                + f", world {info.world_size} (mesh "
                 f"{parallel.mesh_shape(cfg.parallel, info)}), global batch "
                 f"{micro * accum * info.world_size}, {total_steps} steps"
                 + (f", resumed from {run.resume_from} at step {run.step}" if run.resume_from else ""))
