@@ -50,7 +50,7 @@ eval: $(VENV)/.runtime
 chat: $(VENV)/.runtime
 	$(PY) -m tools.chat --ckpt $(CKPT) $(ARGS)
 
-# make convert FMT=hf SRC=... DST=...   (FMT: meta | hf | to-hf)
+# make convert FMT=hf SRC=... DST=...   (FMT: meta | hf | to-hf | to-peft)
 convert: $(VENV)/.runtime
 	$(PY) -m tools.convert $(FMT) $(SRC) $(DST) $(ARGS)
 
