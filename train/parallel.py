@@ -138,7 +138,7 @@ def uses_fsdp(cfg: ParallelConfig, world_size: int) -> bool:
 
 def apply_fsdp(model: torch.nn.Module, mesh: DeviceMesh, cfg: ParallelConfig) -> None:
     """fully_shard each decoder layer, then the root (embeddings, final norm, output)."""
-    for i, layer in enumerate(model.layers):
+    for i in range(len(model.layers)):
         shard_layer(model, i, mesh, cfg)
     shard_root(model, mesh, cfg)
 
