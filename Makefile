@@ -9,7 +9,9 @@ NPROC    ?= 1
 ARGS     ?=
 CKPT     ?= runs/tiny/final
 
-.PHONY: setup train generate chat convert bench test lint data-stats clean gpu-check plan eval
+LORA_TASKS := runs/tiny_lora/tasks
+
+.PHONY: setup train train-lora generate chat convert bench test lint data-stats clean gpu-check plan eval
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,16 @@ setup: $(VENV)/.runtime
 train: $(VENV)/.runtime
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m train --config $(CONFIG) $(ARGS)
 
+# LoRA on the tiny model: four task families it never saw, exact match before and after.
+train-lora: $(VENV)/.runtime runs/tiny/final/manifest.json
+	$(PY) -m data.synthetic $(LORA_TASKS)
+	@echo "before (the base, runs/tiny/final):"
+	$(PY) -m train.evaluate --ckpt runs/tiny/final --data $(LORA_TASKS)/heldout.json --show-misses 0
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m train --config configs/tiny_lora.yaml overwrite=true $(ARGS)
+
+runs/tiny/final/manifest.json:
+	$(MAKE) train
+
 generate: $(VENV)/.runtime
 	$(PY) -m generate --config $(GEN_CONFIG) $(ARGS)
 
@@ -38,7 +50,7 @@ eval: $(VENV)/.runtime
 chat: $(VENV)/.runtime
 	$(PY) -m tools.chat --ckpt $(CKPT) $(ARGS)
 
-# make convert FMT=hf SRC=... DST=...   (FMT: meta | hf | to-hf)
+# make convert FMT=hf SRC=... DST=...   (FMT: meta | hf | to-hf | to-peft)
 convert: $(VENV)/.runtime
 	$(PY) -m tools.convert $(FMT) $(SRC) $(DST) $(ARGS)
 

@@ -294,3 +294,45 @@ def build_tiny_assets(out_dir: str | Path, seed: int = 0, n_train: int = 12_000,
     train_tokenizer([str(paths["train"])], vocab_size, str(paths["tokenizer"]))
     stamp_path.write_text(stamp)
     return {k: str(v) for k, v in paths.items()}
+
+
+def write_task_files(out_dir: str | Path, families: list[str], seed: int = 0, n_train: int = 4000,
+                     heldout_per_family: int = 16) -> dict[str, str]:
+    """Train/held-out JSON for `families` without a tokenizer: data for fine-tuning a model that
+    already has one (make train-lora teaches the tiny model the families it never saw)."""
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown task families {unknown}; known: {', '.join(sorted(FAMILIES))}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"train": out / "train.json", "heldout": out / "heldout.json"}
+    _write_json_atomic(paths["train"], generate_train(n_train, seed, families=families))
+    _write_json_atomic(paths["heldout"], generate_heldout(heldout_per_family, seed, families=families))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m data.synthetic OUT_DIR --families reverse,sort,antonym,spell"""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m data.synthetic", description=write_task_files.__doc__.split(":")[0],
+                                     epilog="Exit status: 0 written; 2 an unknown family, one line on stderr.")
+    parser.add_argument("out_dir")
+    parser.add_argument("--families", default=",".join(f for f in FAMILIES if f not in TINY_FAMILIES),
+                        help="comma-separated (default: the four make train never sees)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=4000)
+    parser.add_argument("--heldout-per-family", type=int, default=16)
+    ns = parser.parse_args(argv)
+    try:
+        paths = write_task_files(ns.out_dir, ns.families.split(","), ns.seed, ns.n_train, ns.heldout_per_family)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {paths['train']} and {paths['heldout']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

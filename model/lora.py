@@ -27,6 +27,9 @@ TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 _PARENT = {"wq": "attention", "wk": "attention", "wv": "attention", "wo": "attention",
            "w1": "feed_forward", "w2": "feed_forward", "w3": "feed_forward"}
 ADAPTER_KEYS = ("lora_a.", "lora_b.")
+# Hugging Face's names for the same projections (PEFT's target_modules for LlamaForCausalLM).
+HF_NAMES = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
+            "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
 
 def resolve_targets(names: Iterable[str]) -> list[str]:
@@ -60,13 +63,18 @@ class LoRALinear(nn.Module):
         self.lora_b = nn.Linear(rank, self.out_features, bias=False, device=device)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.rank, self.scale = rank, lora_scale(rank, alpha, rslora)
+        self.reset_adapter()  # B = 0: until trained, the module computes exactly the base map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if is_nf4(self.weight):
             base = _nf4().linear_nf4(input=x, weight=self.weight)
         else:
             base = F.linear(x, self.weight)
-        return base + self.lora_b(self.lora_a(self.dropout(x))) * self.scale
+        # The adapters may be kept in another dtype than the base (fp32 next to a bf16 base when
+        # no FSDP policy casts them for the forward): compute in theirs, add in the base's.
+        a, b = self.lora_a.weight, self.lora_b.weight
+        delta = F.linear(F.linear(self.dropout(x).to(a.dtype), a), b) * self.scale
+        return base + delta.to(base.dtype)
 
     @torch.no_grad()
     def reset_adapter(self, generator: torch.Generator | None = None) -> None:
@@ -131,7 +139,8 @@ def merged_weight(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale:
 def merge_stream(items: Iterable[tuple[str, torch.Tensor]], module_scales: dict[str, float]
                  ) -> Iterator[tuple[str, torch.Tensor]]:
     """A model's (name, tensor) stream with adapters folded into their weights: the plain
-    LLaMA state dict (Meta's names) that every other tool reads. Holds at most one module's
+    LLaMA state dict (Meta's names) that every other tool reads. Merged weights come out fp32
+    (the caller casts the whole stream to the export dtype). Holds at most one module's
     three tensors at a time (the state dict lists weight, lora_a, lora_b together)."""
     held: dict[str, dict[str, torch.Tensor]] = {}
     for name, t in items:
@@ -160,20 +169,28 @@ def quantize_base(model: nn.Module) -> None:
 NF4_BLOCK, NF4_SCALER_BLOCK = 64, 256  # QLoRA's: 64 weights share a scale, 256 scales share an fp32 scale
 
 
-def quantize_module(m: LoRALinear) -> None:
+def quantize_module(m: LoRALinear, shards: int = 1) -> None:
+    """`shards`: FSDP will split the NF4 tensor this many ways, which needs a whole number of
+    scale blocks per shard."""
     if is_nf4(m.weight):
         return
     w = m.weight.detach()
     if w.numel() % NF4_BLOCK:
         raise ValueError(f"NF4 needs a multiple of {NF4_BLOCK} weights per matrix, got {tuple(w.shape)}")
-    # Small test models: the largest power-of-two scale block up to QLoRA's 256 that divides the
-    # number of scales (every LLaMA from 7B up uses 256).
-    scaler_block = math.gcd(w.numel() // NF4_BLOCK, NF4_SCALER_BLOCK)
+    # QLoRA's 256 scales per block everywhere it fits (every LLaMA from 7B up); small test models
+    # get the largest power-of-two block that divides their scales evenly between the shards.
+    n_scales, scaler_block = w.numel() // NF4_BLOCK, NF4_SCALER_BLOCK
+    while scaler_block > 1 and (n_scales % scaler_block or (n_scales // scaler_block) % shards):
+        scaler_block //= 2
     m.weight = nn.Parameter(_nf4().to_nf4(w, NF4_BLOCK, scaler_block), requires_grad=False)
 
 
 def _nf4():
     """torchao's NF4 module, imported only when a base is quantised."""
+    import logging
+
+    # torchao's CPU wheel logs that its CUDA kernels cannot load; NF4 does not use them.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
         from torchao.quantization.quantize_.workflows.nf4 import nf4_tensor
     except ImportError as e:
@@ -189,6 +206,29 @@ def merge_into_plain(model: nn.Module) -> None:
         parent = model.get_submodule(name.rpartition(".")[0])
         w = merged_weight(m.weight, m.lora_a.weight, m.lora_b.weight, m.scale)
         lin = nn.Linear(m.in_features, m.out_features, bias=False, device=w.device,
-                        dtype=m.lora_a.weight.dtype)
+                        dtype=dequantize(m.weight).dtype)
         lin.weight.copy_(w)
         setattr(parent, name.rpartition(".")[2], lin)
+
+
+def kept_adapters(items: Iterable[tuple[str, torch.Tensor]], into: dict[str, torch.Tensor]
+                  ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Pass a state-dict stream through, keeping an fp32 copy of each adapter tensor in `into`."""
+    for name, t in items:
+        if is_adapter(name):
+            into[name] = t.detach().float().clone()
+        yield name, t
+
+
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"
+
+
+def adapter_files(adapters: dict[str, torch.Tensor], info: dict) -> dict:
+    """`extra_files` for model.checkpoint.save_checkpoint: the adapters (project names, fp32) and
+    what they were trained with (rank, alpha, scale, targets, and the base they belong to)."""
+    import json
+
+    from safetensors.torch import save
+
+    return {ADAPTER_WEIGHTS: lambda: save({k: v.contiguous() for k, v in adapters.items()}),
+            ADAPTER_CONFIG: lambda: (json.dumps(info, indent=2) + "\n").encode()}

@@ -3,11 +3,14 @@
     python -m tools.convert meta  SRC DST [--tokenizer PATH]   # consolidated.NN.pth + params.json
     python -m tools.convert hf    SRC DST [--tokenizer PATH]   # HF LlamaForCausalLM directory
     python -m tools.convert to-hf SRC DST                      # project checkpoint -> HF directory
+    python -m tools.convert to-peft SRC DST [--base NAME]      # a LoRA run's adapter -> PEFT directory
 
 The project keeps Meta's layout, so `meta` only merges model-parallel shards, while `hf` and
-`to-hf` rename tensors and permute the q/k rows (tools/convert_hf.py). Every tensor's shape is
-checked against the config before anything is written; output goes to a temporary directory beside
-DST that is renamed at the end, so a failed conversion leaves no DST behind. Tensors stream one at a
+`to-hf` rename tensors and permute the q/k rows (tools/convert_hf.py); `to-peft` does the same to
+a LoRA run's adapter (lora_B of wq/wk takes the q/k row permute), for PEFT and vLLM on the `to-hf`
+base. Every tensor's shape is checked against the config before anything is written; output goes
+to a temporary directory beside DST that is renamed at the end, so a failed conversion leaves no
+DST behind. Tensors stream one at a
 time (sources are memory-mapped), so memory stays near one copy of the model. Errors the user can
 cause are reported as one line naming the file and tensor, with exit status 2.
 """
@@ -23,7 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from model.args import ModelArgs
@@ -37,17 +41,29 @@ from model.checkpoint import (
     write_shards,
 )
 from model.llama import Transformer
-from model.manifest import write_manifest
+from model.lora import TARGETS, lora_scale
+from model.manifest import (
+    MANIFEST_NAME,
+    ManifestError,
+    check_checksums,
+    check_sizes,
+    read_manifest,
+    write_manifest,
+)
 from model.tokenizer import TokenizerError, load_tokenizer, vocab_mismatch
 from tools.convert_hf import (
     HF_IGNORED_RE,
+    TARGET_TO_HF,
     ConvertError,
+    adapter_tensor_to_peft,
+    adapter_to_peft_name,
     args_from_hf_config,
     from_hf_name,
     hf_config_from_args,
     hf_weight_files,
     iter_hf_tensors,
     load_pth,
+    parse_adapter_name,
     tensor_from_hf,
     tensor_to_hf,
     to_hf_name,
@@ -322,6 +338,137 @@ def convert_to_hf(src: Path, dst: Path, dtype: torch.dtype | None, max_shard_byt
     return dst
 
 
+# ------------------------------------------------------------------ to-peft
+ADAPTER_JSON, ADAPTER_WEIGHTS = "adapter.json", "adapter.safetensors"  # beside a LoRA run's merged weights
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def read_adapter_meta(src: Path) -> dict:
+    """adapter.json of a LoRA run's export, checked field by field (one-line errors)."""
+    path = src / ADAPTER_JSON
+    meta = read_json(path, "a LoRA run's export")
+    if not isinstance(meta, dict):
+        raise ConvertError(f"{path}: not a JSON object")
+
+    def field(key: str, ok, what: str):
+        if key not in meta:
+            raise ConvertError(f"{path}: required key '{key}' is missing")
+        if not ok(meta[key]):
+            raise ConvertError(f"{path}: '{key}' must be {what}, got {meta[key]!r}")
+        return meta[key]
+
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    rank = field("rank", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1")
+    alpha = field("alpha", lambda v: number(v) and v > 0, "a number > 0")
+    rslora = field("rslora", lambda v: isinstance(v, bool), "true or false")
+    dropout = field("dropout", lambda v: number(v) and 0 <= v < 1, "a number in [0, 1)")
+    targets = field("targets", lambda v: isinstance(v, list) and v and all(t in TARGETS for t in v),
+                    f"a non-empty list of {', '.join(TARGETS)}")
+    scale = field("scale", number, "a number")
+    if abs(scale - lora_scale(rank, alpha, rslora)) > 1e-6 * abs(scale):
+        # PEFT and vLLM recompute the scale from r, lora_alpha and use_rslora: it must agree
+        raise ConvertError(f"{path}: scale {scale} disagrees with rank {rank}, alpha {alpha}, rslora {rslora} "
+                           f"({'alpha / sqrt(rank)' if rslora else 'alpha / rank'} = {lora_scale(rank, alpha, rslora)})")
+    return {"rank": rank, "alpha": alpha, "rslora": rslora, "dropout": float(dropout),
+            "targets": [t for t in TARGETS if t in targets]}
+
+
+def peft_config(meta: dict, base: str | None) -> dict:
+    """adapter_config.json: the fields PEFT's LoraConfig.save_pretrained writes that say what the
+    adapter is (PEFT fills the rest with its defaults; vLLM reads r, lora_alpha, target_modules,
+    use_rslora, bias, use_dora, modules_to_save)."""
+    alpha = meta["alpha"]
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "revision": None,
+        "inference_mode": True,
+        "r": meta["rank"],
+        "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+        "lora_dropout": meta["dropout"],
+        "target_modules": [TARGET_TO_HF[t] for t in meta["targets"]],
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": meta["rslora"],
+        "use_dora": False,
+        "modules_to_save": None,
+        "init_lora_weights": True,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+
+
+def convert_to_peft(src: Path, dst: Path, dtype: torch.dtype | None, base: str | None) -> Path:
+    """A LoRA run's export (merged weights + adapter.json + adapter.safetensors) -> a PEFT adapter
+    directory for the `to-hf` export of the base model."""
+    if not (src / ADAPTER_JSON).is_file():
+        raise ConvertError(f"{src / ADAPTER_JSON}: not found, so {src} is not a LoRA run's export: nothing "
+                           "to export as an adapter (use to-hf for the merged model)")
+    weights = src / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise ConvertError(f"{weights}: not found ({ADAPTER_JSON} is there: the export is incomplete)")
+    if (src / MANIFEST_NAME).is_file():
+        # sizes of every file; the SHA-256 of the adapter's own files only (the merged weights are
+        # not read here, and hashing 13 GB to export 20 MB would be slow)
+        try:
+            files = read_manifest(src)["files"]
+            check_sizes(src, files)
+            check_checksums(src, files, [n for n in (ADAPTER_JSON, ADAPTER_WEIGHTS) if n in files])
+        except ManifestError as e:
+            raise ConvertError(str(e)) from None
+    meta = read_adapter_meta(src)
+    try:
+        args = load_args(src)
+    except CheckpointError as e:
+        raise ConvertError(str(e)) from None
+
+    # every adapted module's base weight shape, for each (layer, target) the run adapted
+    expected: dict[str, tuple[int, ...]] = {}
+    for name, (out_f, in_f) in ((n, s) for n, s in expected_shapes(args).items() if len(s) == 2):
+        module = name.removesuffix(".weight")
+        if name.startswith("layers.") and module.rpartition(".")[2] in meta["targets"]:
+            expected[f"{module}.lora_a.weight"] = (meta["rank"], in_f)
+            expected[f"{module}.lora_b.weight"] = (out_f, meta["rank"])
+
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        f = safe_open(str(weights), framework="pt")
+    except SafetensorError as e:
+        raise ConvertError(f"{weights}: not a readable safetensors file ({e})") from None
+    with f:
+        for name in f.keys():
+            if parse_adapter_name(name) is None or name not in expected:
+                raise ConvertError(f"{weights}: unknown tensor '{name}' (not an adapter of a model with this "
+                                   f"config.json and targets {meta['targets']})")
+            t = f.get_tensor(name)
+            if tuple(t.shape) != expected[name]:
+                raise ConvertError(f"{weights}: tensor '{name}' has shape {tuple(t.shape)}, config.json and "
+                                   f"{ADAPTER_JSON} (rank {meta['rank']}) imply {expected[name]}")
+            t = adapter_tensor_to_peft(name, t, args)
+            tensors[adapter_to_peft_name(name)] = t.to(dtype or t.dtype).contiguous()
+    missing = sorted(n for n in expected if adapter_to_peft_name(n) not in tensors)
+    if missing:
+        raise ConvertError(f"{weights}: tensor '{missing[0]}' is missing"
+                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_dir(dst)
+    try:
+        save_file(tensors, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
+        (tmp / PEFT_CONFIG).write_text(json.dumps(peft_config(meta, base), indent=2) + "\n")
+        write_manifest(tmp)
+        commit_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
 # ------------------------------------------------------------------ CLI
 def _size(text: str) -> int:
     units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -338,13 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="fmt", required=True)
     for fmt, help_ in (("meta", "Meta consolidated.NN.pth + params.json -> project checkpoint"),
                        ("hf", "Hugging Face LlamaForCausalLM directory -> project checkpoint"),
-                       ("to-hf", "project checkpoint -> Hugging Face LlamaForCausalLM directory")):
+                       ("to-hf", "project checkpoint -> Hugging Face LlamaForCausalLM directory"),
+                       ("to-peft", "a LoRA run's export (final/ with adapter.json) -> PEFT adapter directory "
+                                   "(adapter_config.json + adapter_model.safetensors) for the to-hf base")):
         s = sub.add_parser(fmt, help=help_)
         s.add_argument("src", type=Path)
         s.add_argument("dst", type=Path)
         s.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: keep the source dtype)")
         s.add_argument("--force", action="store_true", help="replace DST if it exists")
-        if fmt != "to-hf":
+        if fmt in ("meta", "hf"):
             s.add_argument("--tokenizer", help="tokenizer.model to copy (default: SRC/, then SRC/.. for meta, "
                            "SRC/original/ for hf)")
         if fmt == "meta":
@@ -352,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="context length to record (params.json has none; default 2048, Llama 3: 8192/131072)")
         if fmt == "to-hf":
             s.add_argument("--max-shard-size", type=_size, default=5 * 10**9, help="default 5GB")
+        if fmt == "to-peft":
+            s.add_argument("--base", help="base_model_name_or_path to record (a hub id or the to-hf directory "
+                           "of the base model; default: none)")
     return p
 
 
@@ -366,15 +518,17 @@ def main(argv: list[str] | None = None) -> int:
             out = convert_meta(a.src, a.dst, a.tokenizer, dtype, a.max_seq_len)
         elif a.fmt == "hf":
             out = convert_hf(a.src, a.dst, a.tokenizer, dtype)
-        else:
+        elif a.fmt == "to-hf":
             out = convert_to_hf(a.src, a.dst, dtype, a.max_shard_size)
+        else:
+            out = convert_to_peft(a.src, a.dst, dtype, a.base)
     except (ConvertError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (SafetensorError, OSError) as e:  # a corrupt project checkpoint (to-hf), a full disk
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    if not (out / "tokenizer.model").is_file():
+    if a.fmt != "to-peft" and not (out / "tokenizer.model").is_file():
         print(f"warning: no tokenizer.model found for {a.src}; {out} has none: "
               "pass --tokenizer PATH or copy one in before using tools.chat", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)

@@ -112,6 +112,43 @@ def tensor_from_hf(name: str, t: torch.Tensor, args: ModelArgs) -> torch.Tensor:
     return t if heads is None else permute_from_hf(t, heads)
 
 
+# ------------------------------------------------------------------ LoRA adapters (PEFT)
+# A LoRA run's adapter.safetensors (model/lora.py): `layers.{i}.attention.wq.lora_a.weight` (r, in)
+# and `...lora_b.weight` (out, r). PEFT saves the same matrices for LlamaForCausalLM as
+# `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` (its wrapper's two prefixes,
+# no adapter name), and vLLM's loader parses exactly that form.
+PEFT_PREFIX = "base_model.model."
+TARGET_TO_HF = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
+                "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+_ADAPTER_RE = re.compile(r"layers\.(\d+)\.(attention|feed_forward)\.(w[qkvo123])\.lora_([ab])\.weight")
+
+
+def parse_adapter_name(name: str) -> tuple[int, str, str] | None:
+    """`layers.3.attention.wk.lora_b.weight` -> (3, "wk", "b"); None when it is not one."""
+    m = _ADAPTER_RE.fullmatch(name)
+    if not m or to_hf_name(f"layers.{m.group(1)}.{m.group(2)}.{m.group(3)}.weight") is None:
+        return None
+    return int(m.group(1)), m.group(3), m.group(4)
+
+
+def adapter_to_peft_name(name: str) -> str | None:
+    """Project adapter name -> PEFT's key in adapter_model.safetensors; None when not an adapter."""
+    parsed = parse_adapter_name(name)
+    if parsed is None:
+        return None
+    hf_module = to_hf_name(name.rsplit(".", 2)[0] + ".weight").removesuffix(".weight")
+    return f"{PEFT_PREFIX}{hf_module}.lora_{parsed[2].upper()}.weight"
+
+
+def adapter_tensor_to_peft(name: str, t: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    """HF's q/k rows are permuted (W_hf = P W), so the update P(BA) = (PB)A: lora_B's rows move
+    exactly as the weight's do (k with n_kv_heads), lora_A is untouched."""
+    parsed = parse_adapter_name(name)
+    if parsed is None or parsed[2] != "b":
+        return t
+    return tensor_to_hf(f"layers.{parsed[0]}.attention.{parsed[1]}.weight", t, args)
+
+
 # ------------------------------------------------------------------ config.json
 def args_from_hf_config(cfg: dict, path: Path) -> ModelArgs:
     """HF LlamaConfig (transformers 4.x `rope_scaling` or 5.x `rope_parameters`) -> ModelArgs."""

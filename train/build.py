@@ -110,6 +110,8 @@ def build_model(cfg: TrainConfig, args: ModelArgs, mesh, info: DistInfo) -> Tran
     with torch.device("meta"):
         model = Transformer(args)
     model.to(parallel.param_dtype(pcfg))
+    if cfg.lora is not None:
+        return _build_lora(cfg, model, mesh, info)
     if cfg.model.init_from or init_on(cfg, args) == "device":
         # Shard, allocate only this rank's shards, then fill them: from the checkpoint rank 0
         # reads, or with a fresh init of each shard.
@@ -131,6 +133,58 @@ def build_model(cfg: TrainConfig, args: ModelArgs, mesh, info: DistInfo) -> Tran
         model.init_weights()
         _wrap(model, mesh, pcfg, info.device)
     return model
+
+
+def _build_lora(cfg: TrainConfig, model: Transformer, mesh, info: DistInfo) -> Transformer:
+    """Adapters on a frozen `init_from` base (model/lora.py). The base is stored in the compute
+    dtype (bf16 under mixed precision: no fp32 master is needed for weights that never change),
+    or NF4; the adapters keep fp32 masters. Fresh adapters are drawn on the host from the seed,
+    so they do not depend on the world size."""
+    from model import lora
+
+    lcfg = cfg.lora
+    lora.apply_lora(model, lcfg.rank, lcfg.alpha, lcfg.dropout, lcfg.targets, lcfg.rslora)
+    frozen_dtype = parallel.compute_dtype(cfg.parallel)
+    for p in model.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(frozen_dtype)
+    full = {}
+    if info.is_main:
+        full = {**load_state_dict(cfg.model.init_from), **lora.initial_adapters(model, cfg.seed)}
+    if lcfg.quantize_base == "nf4":
+        from train.qlora import load_quantized
+
+        load_quantized(model, full, mesh, cfg.parallel, info)
+    else:
+        _wrap(model, mesh, cfg.parallel, info.device)
+        model.to_empty(device=info.device)
+        ckpt.load_pretrained(model, full)
+    # Adapter dropout draws from this generator: seeded, and per rank (ranks see other examples).
+    torch.manual_seed(cfg.seed + info.rank)
+    return model
+
+
+def base_identity(cfg: TrainConfig) -> dict | None:
+    """What a LoRA run's adapters belong to: the base checkpoint's path and the SHA-256 of its
+    manifest (which hashes every weight file), so resuming onto other weights is caught."""
+    if cfg.lora is None:
+        return None
+    from model.manifest import MANIFEST_NAME, sha256_file
+
+    manifest = Path(cfg.model.init_from) / MANIFEST_NAME
+    return {"path": cfg.model.init_from, "manifest_sha256": sha256_file(manifest) if manifest.is_file() else None}
+
+
+def adapter_info(cfg: TrainConfig) -> dict | None:
+    """adapter.json of a LoRA run's export (tools.convert to-peft reads it)."""
+    if cfg.lora is None:
+        return None
+    from model.lora import lora_scale, resolve_targets
+
+    lc = cfg.lora
+    return {"rank": lc.rank, "alpha": lc.alpha, "rslora": lc.rslora, "dropout": lc.dropout,
+            "targets": resolve_targets(lc.targets), "scale": lora_scale(lc.rank, lc.alpha, lc.rslora),
+            "quantize_base": lc.quantize_base, "base": base_identity(cfg)}
 
 
 def _wrap(model: Transformer, mesh, pcfg, device: torch.device) -> None:

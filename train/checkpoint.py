@@ -60,6 +60,17 @@ from train.parallel import clean_name
 from train.verify import ResumeError, checkpoint_problem, prune, verified_checkpoints
 
 
+def _model_state(model: torch.nn.Module) -> dict:
+    """The trainable part of the model's state: all of it for full fine-tuning, the adapters for
+    LoRA (the frozen base is `model.init_from`, recorded in the train state, not copied)."""
+    return get_model_state_dict(model, options=StateDictOptions(ignore_frozen_params=True))
+
+
+def _set_model_state(model: torch.nn.Module, state: dict) -> None:
+    frozen = any(not p.requires_grad for p in model.parameters())
+    set_model_state_dict(model, state, options=StateDictOptions(strict=not frozen))
+
+
 class SaveError(RuntimeError):
     """A checkpoint could not be written (full disk, quota, permissions); one line, exit 1."""
 
@@ -151,7 +162,7 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
     _fail_together(err, "creating the directory", info, root, final, tmp)
 
     try:
-        state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+        state = {"model": _model_state(model), "optim": get_optimizer_state_dict(model, optimizer)}
         writer = FileSystemWriter(str(tmp))
         writer.fs = faulty_filesystem(step, info.rank) or writer.fs  # tests only (train/faults.py)
         dcp.save(state, storage_writer=writer)
@@ -251,12 +262,12 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, i
         train_state.pop("rng", None)
     # get_optimizer_state_dict initialises empty AdamW state (lr 0 dummy step) so DCP has
     # tensors of the right shapes to load into.
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    state = {"model": _model_state(model), "optim": get_optimizer_state_dict(model, optimizer)}
     try:
         dcp.load(state, checkpoint_id=str(path))
     except (Exception, CheckpointException) as e:  # raised on every rank by DCP itself
         raise ResumeError(f"resume: {path}: cannot load the shards ({_one_line(e)})") from None
-    set_model_state_dict(model, state["model"])
+    _set_model_state(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
     return train_state
 
@@ -268,26 +279,37 @@ def load_pretrained(model: torch.nn.Module, full: dict[str, torch.Tensor]) -> No
 
 
 # ---------------------------------------------------------------- export
-def _gathered(model: torch.nn.Module, dtype: torch.dtype, info: DistInfo) -> Iterator[tuple[str, torch.Tensor]]:
+def _gathered(model: torch.nn.Module, info: DistInfo) -> Iterator[tuple[str, torch.Tensor]]:
     """Every rank walks the same tensors (full_tensor() is a collective); only rank 0 keeps each
     gathered tensor, moved to host memory before the next one is gathered."""
     for name, t in model.state_dict().items():
         full = t.full_tensor() if isinstance(t, DTensor) else t
         if info.is_main:
-            yield clean_name(name), full.detach().to("cpu", dtype=dtype)
+            yield clean_name(name), full.detach().to("cpu")
         del full
 
 
 def export(model: torch.nn.Module, args: ModelArgs, out_dir: Path, tokenizer_path: str | None,
-           dtype: torch.dtype, info: DistInfo) -> Path:
+           dtype: torch.dtype, info: DistInfo, adapter_info: dict | None = None) -> Path:
     """The consolidated project checkpoint (safetensors + config.json + tokenizer.model +
     manifest.json, temp dir + rename). Rank 0 writes; if its write fails (full disk), it keeps
-    walking the tensors so the other ranks' gathers complete, then every rank raises SaveError."""
-    tensors = _gathered(model, dtype, info)
+    walking the tensors so the other ranks' gathers complete, then every rank raises SaveError.
+
+    A LoRA model is exported merged (W + scale B A in fp32, then cast; an NF4 base dequantised
+    first), so every tool reads it as a plain LLaMA; the adapters alone are kept beside it in
+    `adapter.safetensors` + `adapter.json` (`adapter_info`), which `tools.convert to-peft` reads."""
+    tensors = _gathered(model, info)
+    extra = None
+    if adapter_info is not None:
+        from model import lora
+
+        adapters: dict[str, torch.Tensor] = {}
+        tensors = lora.merge_stream(lora.kept_adapters(tensors, adapters), lora.scales(model, clean_name))
+        extra = lora.adapter_files(adapters, adapter_info)
     err: BaseException | None = None
     if info.is_main:
         try:
-            save_checkpoint(tensors, args, out_dir, tokenizer_path=tokenizer_path)
+            save_checkpoint(tensors, args, out_dir, tokenizer_path=tokenizer_path, dtype=dtype, extra_files=extra)
         except Exception as e:
             err = e
     for _ in tensors:  # the rest of the collectives (all of them on ranks > 0)

@@ -361,7 +361,7 @@ def _check(cfg: TrainConfig) -> None:
 
 
 def _check_lora(cfg: TrainConfig) -> None:
-    from model.lora import TARGETS
+    from model.lora import HF_NAMES, TARGETS
 
     lora = cfg.lora
     if lora.rank < 1:
@@ -372,7 +372,8 @@ def _check_lora(cfg: TrainConfig) -> None:
         raise ConfigError(f"config key 'lora.dropout' must be in [0, 1), got {lora.dropout}")
     for name in lora.targets:
         if name != "all" and name not in TARGETS:
-            close = difflib.get_close_matches(name, TARGETS, n=1)
+            meta = {hf: m for m, hf in HF_NAMES.items()}.get(name)
+            close = [meta] if meta else difflib.get_close_matches(name, TARGETS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"config key 'lora.targets': unknown target '{name}'{hint}; "
                               f"valid: {', '.join(TARGETS)} or all (Meta's names)")

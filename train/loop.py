@@ -25,7 +25,7 @@ from data.alpaca import load_records
 from data.loader import AlpacaLoader
 from train import checkpoint as ckpt
 from train import parallel
-from train.build import build_training, resolve_inputs
+from train.build import adapter_info, build_training, resolve_inputs
 from train.config import ConfigError, TrainConfig
 from train.distributed import DistInfo, init_distributed
 from train.evaluate import evaluate_on_ranks
@@ -64,7 +64,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     total_steps = cfg.max_steps or cfg.epochs * loader.steps_per_epoch()
     model, optimizer, scheduler = build_training(cfg, inputs.args, info, total_steps)
     log = run.restore(model, optimizer, scheduler, loader)
-    log.message(f"model {inputs.args.num_params() / 1e6:.2f}M params, world {info.world_size} (mesh "
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.message(f"model {inputs.args.num_params() / 1e6:.2f}M params"
+                + (f" ({trainable / 1e6:.3f}M trainable: LoRA adapters)" if cfg.lora else "")
+                + f", world {info.world_size} (mesh "
                 f"{parallel.mesh_shape(cfg.parallel, info)}), global batch "
                 f"{micro * accum * info.world_size}, {total_steps} steps"
                 + (f", resumed from {run.resume_from} at step {run.step}" if run.resume_from else ""))
@@ -114,7 +117,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     # ------------------------------------------------------------ the end
     if not run.stopped and cfg.checkpoint.export:
         final = ckpt.export(model, inputs.args, run.out_dir / "final", inputs.tokenizer_path,
-                            EXPORT_DTYPES[cfg.checkpoint.export_dtype], info)
+                            EXPORT_DTYPES[cfg.checkpoint.export_dtype], info, adapter_info(cfg))
         log.message(f"exported {final}")
         # Free the sharded model and optimizer state: evaluation loads the exported model, on each
         # rank's own device, in the training dtype.

@@ -138,12 +138,20 @@ def uses_fsdp(cfg: ParallelConfig, world_size: int) -> bool:
 
 def apply_fsdp(model: torch.nn.Module, mesh: DeviceMesh, cfg: ParallelConfig) -> None:
     """fully_shard each decoder layer, then the root (embeddings, final norm, output)."""
-    for i, layer in enumerate(model.layers):
-        # A layer's inputs are the hidden states (already bf16: the embedding and every layer
-        # compute in bf16) and RoPE's cos/sin, which stay fp32 as in Meta's reference: no cast.
-        mp = mixed_precision_policy(cfg, cast_forward_inputs=False)
-        # The last layer's parameters are needed again at once by backward: keep them gathered.
-        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(model.layers) - 1)
+    for i in range(len(model.layers)):
+        shard_layer(model, i, mesh, cfg)
+    shard_root(model, mesh, cfg)
+
+
+def shard_layer(model: torch.nn.Module, i: int, mesh: DeviceMesh, cfg: ParallelConfig) -> None:
+    # A layer's inputs are the hidden states (already bf16: the embedding and every layer
+    # compute in bf16) and RoPE's cos/sin, which stay fp32 as in Meta's reference: no cast.
+    mp = mixed_precision_policy(cfg, cast_forward_inputs=False)
+    # The last layer's parameters are needed again at once by backward: keep them gathered.
+    fully_shard(model.layers[i], mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(model.layers) - 1)
+
+
+def shard_root(model: torch.nn.Module, mesh: DeviceMesh, cfg: ParallelConfig) -> None:
     fully_shard(model, mesh=mesh, mp_policy=mixed_precision_policy(cfg), reshard_after_forward=False)
     for method in ("logits", "prefill", "decode"):  # the model's entry points besides forward
         register_fsdp_forward_method(model, method)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from train import checkpoint as ckpt
+from train.build import base_identity
 from train.config import ConfigError, TrainConfig, resume_changes, save_config, to_dict
 from train.distributed import DistInfo, rank
 from train.faults import fault_point
@@ -87,6 +88,7 @@ class Run:
         changed: dict = {}
         if self.resume_from is not None:
             state = ckpt.load(self.resume_from, model, optimizer, info)
+            self._check_base(state.get("base"))
             if "config" in state:
                 changed = self._check_changes(state["config"], state["world_size"])
                 cfg.changes = list(state["config"].get("changes", [])) + (
@@ -112,6 +114,15 @@ class Run:
         self.checkpointer = ckpt.Checkpointer(self.ckpt_root, info, cfg.checkpoint.keep, cfg.checkpoint.on_error,
                                               log=self.logger.message, saved_step=self.step if resumed else None)
         return self.logger
+
+    def _check_base(self, saved: dict | None) -> None:
+        """LoRA adapters mean something only on the weights they were trained on."""
+        now = base_identity(self.cfg)
+        if saved != now and (saved or now):
+            def say(b):
+                return "no frozen base (full fine-tuning)" if b is None else f"{b['path']} (manifest sha256 {b['manifest_sha256']})"
+            raise ConfigError(f"resume: {self.resume_from} holds adapters for the base {say(saved)}, but this run's "
+                              f"base is {say(now)}; resume onto the same base, or start a new output_dir")
 
     def _check_changes(self, saved: dict, saved_world: int) -> dict:
         refused, applied = resume_changes(saved, to_dict(self.cfg))
@@ -161,7 +172,8 @@ class Run:
         """A checkpoint of the last finished step (its loader position, not the prefetched one)."""
         train_state = {"step": self.step, "nonfinite_in_a_row": self.nonfinite_in_a_row,
                        "loader": self.loader_state,
-                       "rng": rng or ckpt.rng_state(self.info.device), "config": to_dict(self.cfg)}
+                       "rng": rng or ckpt.rng_state(self.info.device), "config": to_dict(self.cfg),
+                       "base": base_identity(self.cfg)}
         self.checkpointer.save(self.step, model, optimizer, train_state, last=last)
 
     def save_stopped(self, model, optimizer, interrupted: StepInterrupted | None = None) -> None:

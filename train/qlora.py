@@ -1,0 +1,56 @@
+"""Loading a QLoRA model: the base quantised to NF4 one decoder layer at a time.
+
+The full model in bf16 never exists on a device: each layer is allocated, filled from rank 0's
+copy of the checkpoint (a broadcast per tensor), its adapted weights quantised to NF4, and then
+sharded by FSDP2 (NF4Tensor implements the chunking and all-gather hooks FSDP2 needs), before
+the next layer is allocated. Peak device memory while loading is the sharded NF4 model plus one
+layer in bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from model import lora
+from train import parallel
+from train.config import ParallelConfig
+from train.distributed import DistInfo
+
+
+def _fill(module: torch.nn.Module, prefix: str, full: dict[str, torch.Tensor], info: DistInfo) -> None:
+    """Copy `module`'s own tensors (allocated on the device, not yet filled) from rank 0's `full`."""
+    for name, p in module.named_parameters():
+        key = prefix + parallel.clean_name(name)
+        with torch.no_grad():
+            if info.is_main:
+                if key not in full:
+                    raise KeyError(f"{key} is not in the checkpoint")
+                p.copy_(full.pop(key))
+            if dist.is_initialized() and info.world_size > 1:
+                dist.broadcast(p.data, src=0)
+
+
+def load_quantized(model: torch.nn.Module, full: dict[str, torch.Tensor], mesh, pcfg: ParallelConfig,
+                   info: DistInfo) -> None:
+    """`model`: on the meta device, adapters applied. `full`: the base + fresh adapters on rank 0
+    ({} elsewhere). Ends as a wrapped (checkpointed, compiled, sharded) model on `info.device`."""
+    parallel.apply_activation_checkpointing(model, pcfg)
+    if pcfg.compile:
+        parallel.apply_compile(model)
+    shard = parallel.uses_fsdp(pcfg, mesh.size())
+    for i, layer in enumerate(model.layers):
+        layer.to_empty(device=info.device)
+        _fill(layer, f"layers.{i}.", full, info)
+        for _, m in lora.lora_modules(layer):
+            lora.quantize_module(m, shards=mesh.size(1) if shard else 1)
+        if shard:
+            parallel.shard_layer(model, i, mesh, pcfg)
+    rest = [m for name, m in model.named_children() if name != "layers"]
+    for m in rest:
+        m.to_empty(device=info.device)
+    for name, m in model.named_children():
+        if name != "layers":
+            _fill(m, f"{name}.", full, info)
+    if shard:
+        parallel.shard_root(model, mesh, pcfg)
