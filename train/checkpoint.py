@@ -64,6 +64,8 @@ from train.verify import ResumeError, checkpoint_problem, prune, verified_checkp
 class SaveError(RuntimeError):
     """A checkpoint could not be written (full disk, quota, permissions); one line, exit 1."""
 
+    fatal = False  # stops the run even with on_error=warn (training could not go on safely)
+
 
 def _one_line(e: BaseException) -> str:
     """OSError says what and where ("[Errno 28] No space left on device: '...'"); DCP wraps the
@@ -288,7 +290,7 @@ class Checkpointer:
             self.writer.close()
 
     def _failed(self, e: SaveError, last: bool) -> None:
-        if self.on_error == "warn" and not last:
+        if self.on_error == "warn" and not last and not e.fatal:
             self.log(f"warning: {e} (checkpoint.on_error=warn: training goes on)")
             return None
         raise e

@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
 from model.manifest import describe, list_files
-from train.checkpoint import _begin, _commit, _fail_together, _write_train_state, _writer
+from train.checkpoint import SaveError, _begin, _commit, _fail_together, _write_train_state, _writer
 from train.distributed import DistInfo, all_reduce_
 
 _WRITERS: weakref.WeakSet = weakref.WeakSet()
@@ -90,7 +90,13 @@ class AsyncWriter:
                                     async_stager=self.stager)
         except Exception as e:
             err = e
-        _fail_together(err, "staging the state", self.info, root, final, tmp)
+        try:
+            _fail_together(err, "staging the state", self.info, root, final, tmp)
+        except SaveError as e:
+            # The ranks that did stage have a write thread waiting in DCP's first collective for
+            # the rank that did not: nothing can finish that save, so on_error=warn cannot go on.
+            e.fatal = True
+            raise
         self.pending = Pending(step, final, tmp, self.pool.submit(self._hash_when_written, future, tmp))
 
     def _hash_when_written(self, written: Future, tmp: Path) -> tuple[dict, BaseException | None]:
