@@ -117,6 +117,20 @@ def test_sigkill_resume_with_dropout_is_bitwise(setup):
     assert (killed / "final" / "model.safetensors").read_bytes() == (straight / "final" / "model.safetensors").read_bytes()
 
 
+def test_qlora_sigkill_resume_is_bitwise(setup):
+    """The NF4 base is requantised from the same file on resume: the same bits, so the resumed
+    adapters are the uninterrupted run's."""
+    tmp, _, cfg = setup
+    over = ["lora={rank: 4, alpha: 8, dropout: 0.0, targets: [all], quantize_base: nf4}"]
+    straight, killed = tmp / "q_straight", tmp / "q_killed"
+    check(run_train(cfg, straight, nproc=1, overrides=over))
+    assert run_train(cfg, killed, nproc=1, overrides=over, fault="kill@6").returncode != 0
+    check(run_train(cfg, killed, nproc=1, overrides=[*over, "resume=auto"]))
+    assert rows(killed) == rows(straight)
+    a, b = adapters(killed), adapters(straight)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 FROZEN_PROBE = """
 import sys, torch
 from train.config import load_config

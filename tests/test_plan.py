@@ -168,3 +168,13 @@ def test_plan_json_that_does_not_fit_exits_1_with_the_fix(capsys):
     # Replicated: 4 (fp32 master) + 4 (gradient) + 8 (AdamW) bytes per parameter on every GPU.
     assert r["terms_gb"]["params"] + r["terms_gb"]["grads"] + r["terms_gb"]["adamw"] == pytest.approx(16 * params / 1e9)
     assert r["total_gb"] == pytest.approx(sum(r["terms_gb"].values()))
+
+
+def test_asynchronous_saves_count_a_host_copy_of_the_ranks_state_outside_the_gpu_total():
+    params = 6_738_415_616  # llama1-7b, by hand in test_sharded_state_matches_a_hand_calculation
+    args = ModelArgs.preset("llama1-7b")
+    on = plan(_cfg("alpaca_7b.yaml"), args, gpus=8)  # checkpoint.every 200, async_save auto
+    assert on.host_terms == {"checkpoint_staging": pytest.approx(params / 8 * 12)}  # fp32 weights + 2 moments
+    off = plan(_cfg("alpaca_7b.yaml", "checkpoint.async_save=false"), args, gpus=8)
+    assert off.host_terms == {} and off.total == on.total
+    assert plan(_cfg("alpaca_7b.yaml", "checkpoint.every=0"), args, gpus=8).host_terms == {}

@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fields of a metrics.jsonl row that measure time, not training: excluded when runs are compared.
-TIMING = {"tokens_per_s", "step_time_s", "mfu", "peak_mem_gb", "eta_s"}
+TIMING = {"tokens_per_s", "step_time_s", "mfu", "peak_mem_gb", "eta_s", "checkpoint_blocked_s"}
 
 
 def tiny_assets(out: Path) -> dict[str, str]:

@@ -15,7 +15,7 @@ tokenizer under `<output_dir>/assets` (data.source: synthetic) once `python -m t
 otherwise it is assumed (the synthetic tokenizer's size, or 32000), and the output says so.
 
 `--json` prints one JSON object instead of the table: the plan's fields (params, vocab_size,
-vocab_source, terms_gb, total_gb, gpu_mem_gb, fits, smallest_fix, pflop_per_step, step_s, ...);
+vocab_source, terms_gb, total_gb, host_gb, gpu_mem_gb, fits, smallest_fix, pflop_per_step, step_s, ...);
 with --measure, the predicted and measured peaks.
 
 `--measure` runs three optimizer steps of the config on random tokens of the planned shape (one
@@ -99,6 +99,7 @@ def report(cfg, args, gpus: int, gpu_mem_gb: float, mfu: float, peak_tflops: flo
             "activation_checkpointing": cfg.parallel.activation_checkpointing,
             "tokens_per_micro_batch": p.tokens, "grad_accum": cfg.batch.grad_accum,
             "terms_gb": {k: v / GB for k, v in p.terms.items()}, "total_gb": p.total / GB,
+            "host_gb": {k: v / GB for k, v in p.host_terms.items()},
             "gpu_mem_gb": gpu_mem_gb, "fits": ok,
             "smallest_fix": None if ok else smallest_fix(cfg, args, gpus, gpu_mem_gb, context_gb),
             "pflop_per_step": p.flops_per_step / 1e15, "mfu": mfu, "peak_tflops": peak_tflops, "step_s": step_s}
@@ -120,6 +121,7 @@ def render(r: dict) -> str:
     lines += [f"  {k:<16} {v:8.2f} GB" for k, v in r["terms_gb"].items()]
     lines.append(f"  {'total':<16} {r['total_gb']:8.2f} GB of {r['gpu_mem_gb']:.0f} GB: "
                  + ("fits" if r["fits"] else "DOES NOT FIT"))
+    lines += [f"per rank, host memory: {k} {v:.2f} GB" for k, v in r.get("host_gb", {}).items()]
     if not r["fits"]:
         lines.append(f"  smallest change that fits: {r['smallest_fix'] or 'none found (more GPUs of more memory)'}")
     lines.append(f"step: {r['pflop_per_step']:.2f} PFLOP (model FLOPs, all GPUs)")

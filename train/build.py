@@ -148,14 +148,13 @@ def _build_lora(cfg: TrainConfig, model: Transformer, mesh, info: DistInfo) -> T
     for p in model.parameters():
         if not p.requires_grad:
             p.data = p.data.to(frozen_dtype)
-    full = {}
-    if info.is_main:
-        full = {**load_state_dict(cfg.model.init_from), **lora.initial_adapters(model, cfg.seed)}
+    adapters = lora.initial_adapters(model, cfg.seed) if info.is_main else {}
     if lcfg.quantize_base == "nf4":
         from train.qlora import load_quantized
 
-        load_quantized(model, full, mesh, cfg.parallel, info)
+        load_quantized(model, cfg.model.init_from, adapters, mesh, cfg.parallel, info)
     else:
+        full = {**load_state_dict(cfg.model.init_from), **adapters} if info.is_main else {}
         _wrap(model, mesh, cfg.parallel, info.device)
         model.to_empty(device=info.device)
         ckpt.load_pretrained(model, full)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,19 +61,21 @@ from train.parallel import clean_name
 from train.verify import ResumeError, checkpoint_problem, prune, verified_checkpoints
 
 
-def _model_state(model: torch.nn.Module) -> dict:
+def trainable_state(model: torch.nn.Module) -> dict:
     """The trainable part of the model's state: all of it for full fine-tuning, the adapters for
     LoRA (the frozen base is `model.init_from`, recorded in the train state, not copied)."""
     return get_model_state_dict(model, options=StateDictOptions(ignore_frozen_params=True))
 
 
-def _set_model_state(model: torch.nn.Module, state: dict) -> None:
+def set_trainable_state(model: torch.nn.Module, state: dict) -> None:
     frozen = any(not p.requires_grad for p in model.parameters())
     set_model_state_dict(model, state, options=StateDictOptions(strict=not frozen))
 
 
 class SaveError(RuntimeError):
     """A checkpoint could not be written (full disk, quota, permissions); one line, exit 1."""
+
+    fatal = False  # stops the run even with on_error=warn (training could not go on safely)
 
 
 def _one_line(e: BaseException) -> str:
@@ -147,10 +150,8 @@ def _set_aside(path: Path, suffix: str) -> Path:
     return target
 
 
-def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         train_state: dict[str, Any], info: DistInfo, keep: int) -> Path:
-    """Write `step_N` atomically (every rank calls this), then drop all but the newest `keep`
-    verified checkpoints. Raises SaveError on every rank if any rank failed."""
+def _begin(root: Path, step: int, info: DistInfo) -> tuple[Path, Path]:
+    """Collective: rank 0 creates an empty `.tmp_step_N`; returns (final, tmp)."""
     final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
     err: BaseException | None = None
     if info.is_main:
@@ -160,32 +161,32 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
         except Exception as e:
             err = e
     _fail_together(err, "creating the directory", info, root, final, tmp)
+    return final, tmp
 
-    try:
-        state = {"model": _model_state(model), "optim": get_optimizer_state_dict(model, optimizer)}
-        writer = FileSystemWriter(str(tmp))
-        writer.fs = faulty_filesystem(step, info.rank) or writer.fs  # tests only (train/faults.py)
-        dcp.save(state, storage_writer=writer)
-        part = tmp / f"train_state_rank{info.rank}.pt"
-        torch.save({**train_state, "world_size": info.world_size}, str(part) + ".part")
-        os.replace(str(part) + ".part", part)
-    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
-        err = e
-    _fail_together(err, "writing the shards", info, root, final, tmp)
 
-    # Hash the files between the ranks (rank 0 lists them: on shared storage a listing on
-    # another node may lag), then rank 0 writes the manifest last and renames.
-    names = broadcast_object(list_files(tmp) if info.is_main else None)
-    entries: dict = {}
-    try:
-        entries = describe(tmp, names[info.rank::info.world_size])
-    except Exception as e:
-        err = e
+def _writer(tmp: Path, step: int, info: DistInfo) -> FileSystemWriter:
+    writer = FileSystemWriter(str(tmp))
+    writer.fs = faulty_filesystem(step, info.rank) or writer.fs  # tests only (train/faults.py)
+    return writer
+
+
+def _write_train_state(tmp: Path, train_state: dict[str, Any], info: DistInfo) -> None:
+    part = tmp / f"train_state_rank{info.rank}.pt"
+    torch.save({**train_state, "world_size": info.world_size}, str(part) + ".part")
+    os.replace(str(part) + ".part", part)
+
+
+def _commit(root: Path, step: int, final: Path, tmp: Path, entries: dict, err: BaseException | None,
+            info: DistInfo, keep: int) -> Path:
+    """Collective: gather the ranks' hashes, then rank 0 writes the manifest last, renames
+    `.tmp_step_N` to `step_N` and prunes to the newest `keep` verified checkpoints."""
     files = {k: v for part in gather_objects(entries) for k, v in part.items()}
     _fail_together(err, "hashing the files", info, root, final, tmp)
-
     if info.is_main:
         try:
+            # A file no rank listed (an asynchronous save lists on each rank; a listing on another
+            # node may lag) is hashed here, so the manifest always covers the whole directory.
+            files.update(describe(tmp, [n for n in list_files(tmp) if n not in files]))
             write_manifest(tmp, files, step=step, world_size=info.world_size)
             fault_point("kill_in_save", step, info.rank)  # tests only: the worst moment to die
             replaced = None
@@ -207,6 +208,31 @@ def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.O
     return final
 
 
+def save(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         train_state: dict[str, Any], info: DistInfo, keep: int) -> Path:
+    """Write `step_N` atomically (every rank calls this), then drop all but the newest `keep`
+    verified checkpoints. Raises SaveError on every rank if any rank failed."""
+    final, tmp = _begin(root, step, info)
+    err: BaseException | None = None
+    try:
+        state = {"model": trainable_state(model), "optim": get_optimizer_state_dict(model, optimizer)}
+        dcp.save(state, storage_writer=_writer(tmp, step, info))
+        _write_train_state(tmp, train_state, info)
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        err = e
+    _fail_together(err, "writing the shards", info, root, final, tmp)
+
+    # Hash the files between the ranks (rank 0 lists them: on shared storage a listing on
+    # another node may lag), then rank 0 writes the manifest last and renames.
+    names = broadcast_object(list_files(tmp) if info.is_main else None)
+    entries: dict = {}
+    try:
+        entries = describe(tmp, names[info.rank::info.world_size])
+    except Exception as e:
+        err = e
+    return _commit(root, step, final, tmp, entries, err, info, keep)
+
+
 class Checkpointer:
     """The loop's saving policy around `save`.
 
@@ -214,28 +240,71 @@ class Checkpointer:
       preemption) is not written again: preemption time goes to work that is not done yet.
     - `on_error="warn"` keeps training when a periodic save fails (logged on one line; the next
       save tries again); a save that ends the run (preemption) always raises.
+    - `asynchronous`: a periodic save is staged to host memory and written by a background thread
+      (train/checkpoint_async.py); it becomes `step_N` (manifest + rename) only when every rank's
+      write has finished, at `poll()` (every step), at the next save, or at `finish()` (the end).
+      At most one is in flight. A save that ends the run (`last`) is always synchronous.
     """
 
     def __init__(self, root: Path, info: DistInfo, keep: int, on_error: str = "stop",
-                 log: Callable[[str], None] = print, saved_step: int | None = None):
+                 log: Callable[[str], None] = print, saved_step: int | None = None, asynchronous: bool = False):
         self.root, self.info, self.keep, self.on_error, self.log = root, info, keep, on_error, log
         self.saved_step = saved_step
+        self.writer = None
+        if asynchronous:  # imported here: the async module builds on this module's save phases
+            from train.checkpoint_async import AsyncWriter
+
+            self.writer = AsyncWriter(info)
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              train_state: dict[str, Any], last: bool = False) -> Path | None:
+        self.finish(waiting_for=step)
         path = self.root / f"step_{step}"
         if step == self.saved_step:
             return path
         try:
+            if self.writer is not None and not last:
+                self.writer.start(self.root, step, model, optimizer, train_state)
+                return None
             path = save(self.root, step, model, optimizer, train_state, self.info, self.keep)
         except SaveError as e:
-            if self.on_error == "warn" and not last:
-                self.log(f"warning: {e} (checkpoint.on_error=warn: training goes on)")
-                return None
-            raise
+            return self._failed(e, last)
         self.saved_step = step
         self.log(f"saved checkpoint {path}")
         return path
+
+    def poll(self) -> None:
+        """Collective while a save is in flight (a no-op otherwise, on every rank alike): commit
+        it once every rank's write has finished."""
+        if self.writer is not None and self.writer.pending is not None and self.writer.all_written():
+            self.finish()
+
+    def finish(self, waiting_for: int | None = None) -> None:
+        """Collective: wait for the save in flight (if any) and commit it."""
+        if self.writer is None or self.writer.pending is None:
+            return
+        step, t0 = self.writer.pending.step, time.perf_counter()
+        try:
+            path = self.writer.finish(self.keep)
+        except SaveError as e:
+            self._failed(e, last=False)
+            return
+        waited = self.writer.last_wait_s
+        if waiting_for is not None:
+            self.log(f"checkpoint step_{waiting_for}: waited {waited:.2f} s for step_{step}'s background write")
+        self.saved_step = step
+        self.log(f"saved checkpoint {path} (written in the background; committed in "
+                 f"{time.perf_counter() - t0:.2f} s)")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def _failed(self, e: SaveError, last: bool) -> None:
+        if self.on_error == "warn" and not last and not e.fatal:
+            self.log(f"warning: {e} (checkpoint.on_error=warn: training goes on)")
+            return None
+        raise e
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
@@ -262,12 +331,12 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, i
         train_state.pop("rng", None)
     # get_optimizer_state_dict initialises empty AdamW state (lr 0 dummy step) so DCP has
     # tensors of the right shapes to load into.
-    state = {"model": _model_state(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    state = {"model": trainable_state(model), "optim": get_optimizer_state_dict(model, optimizer)}
     try:
         dcp.load(state, checkpoint_id=str(path))
     except (Exception, CheckpointException) as e:  # raised on every rank by DCP itself
         raise ResumeError(f"resume: {path}: cannot load the shards ({_one_line(e)})") from None
-    _set_model_state(model, state["model"])
+    set_trainable_state(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
     return train_state
 

@@ -26,7 +26,7 @@ Schema (YAML, every section optional; defaults below):
     batch: {micro_batch_size, grad_accum}   # global batch = micro * accum * data-parallel ranks
     parallel: {fsdp, shard_size, mixed_precision, activation_checkpointing, ac_every_n, compile, attention,
                tf32, memory_check, memory_gb}
-    checkpoint: {every, keep, export, export_dtype, verify, on_error}
+    checkpoint: {every, keep, export, export_dtype, verify, on_error, async_save}
     log: {every, tensorboard}
     eval: {every, heldout, max_batches, samples, max_new_tokens, exact_match}
     lora: {rank, alpha, dropout, targets, rslora, quantize_base}   # absent: full fine-tuning
@@ -114,6 +114,10 @@ class CheckpointConfig:
     export_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     verify: Literal["checksums", "sizes"] = "checksums"  # resume checks: checksums (SHA-256 of every byte) | sizes (stat only, huge ckpts)
     on_error: Literal["stop", "warn"] = "stop"  # a failed periodic save: stop (exit 1) | warn (log it, keep training)
+    # Periodic saves written by a background thread while training goes on (docs/CHECKPOINTS.md):
+    # true | false | auto (on with CUDA; off on a CPU, where the staged copy takes the same RAM
+    # as training and the writer competes for the same cores).
+    async_save: bool | Literal["auto"] = "auto"
 
 
 @dataclass

@@ -14,6 +14,8 @@ TRAIN_FAULT = comma-separated `KIND@STEP` or `KIND@STEP:rRANK`, KIND one of
     int_mid       SIGINT after the first micro-batch of step STEP
     kill_in_save  SIGKILL after the shards of checkpoint STEP are written, before the rename
     enospc        the DCP writer of checkpoint STEP fails with ENOSPC after writing 1 KiB
+    stall_in_save the DCP writer of checkpoint STEP writes 1 KiB, then never returns (an asynchronous
+                  save kept in flight, for a `kill@LATER` to land in the middle of it)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import errno
 import os
 import signal
+import time
 
 from torch.distributed.checkpoint.filesystem import FileSystem
 
@@ -50,16 +53,19 @@ def fault_point(kind: str, step: int, rank: int) -> None:
 
 class _FullDiskStream:
     """A real file whose writes fail with ENOSPC once `budget` bytes are in it (partial data
-    stays on disk, as on a full filesystem)."""
+    stays on disk, as on a full filesystem); with `stall`, they never return instead."""
 
-    def __init__(self, f, path: str, budget: int):
-        self._f, self._path, self._budget = f, path, budget
+    def __init__(self, f, path: str, budget: int, stall: bool = False):
+        self._f, self._path, self._budget, self._stall = f, path, budget, stall
 
     def write(self, data) -> int:
         data = memoryview(data).cast("B")
         room = max(self._budget - self._f.tell(), 0)
         if len(data) > room:
             self._f.write(data[:room])
+            self._f.flush()
+            while self._stall:  # until the test's SIGKILL
+                time.sleep(1)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._path)
         return self._f.write(data)
 
@@ -68,12 +74,19 @@ class _FullDiskStream:
 
 
 class _FullDisk(FileSystem):
+    def __init__(self, stall: bool = False):
+        super().__init__()
+        self.stall = stall
+
     @contextlib.contextmanager
     def create_stream(self, path, mode):
         with super().create_stream(path, mode) as f:
-            yield _FullDiskStream(f, str(path), _FULL_AFTER) if "w" in mode else f
+            yield _FullDiskStream(f, str(path), _FULL_AFTER, self.stall) if "w" in mode else f
 
 
 def faulty_filesystem(step: int, rank: int) -> FileSystem | None:
-    """A DCP FileSystem that runs out of space, when `enospc@STEP` is armed for this rank."""
+    """A DCP FileSystem that runs out of space (`enospc@STEP`) or stalls (`stall_in_save@STEP`),
+    when armed for this rank."""
+    if _armed("stall_in_save", step, rank):
+        return _FullDisk(stall=True)
     return _FullDisk() if _armed("enospc", step, rank) else None

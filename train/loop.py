@@ -4,7 +4,8 @@
                -> the run's state restored when resuming (train/run.py)
     each step  grad_accum micro-batches -> loss summed over tokens / targets of the whole step
                (all micro-batches, all ranks) -> clip -> skip if non-finite -> AdamW (train/step.py)
-               -> log -> held-out eval / checkpoint when due -> stop on SIGTERM/SIGINT
+               -> checkpoint when due (maybe written in the background) -> log -> held-out eval
+               -> stop on SIGTERM/SIGINT
     the end    export the consolidated checkpoint, optional exact-match evaluation
 
 The research is here and in train/step.py; resume, preemption, checkpoint cadence and fault
@@ -26,6 +27,7 @@ from data.loader import AlpacaLoader
 from train import checkpoint as ckpt
 from train import parallel
 from train.build import adapter_info, build_training, resolve_inputs
+from train.checkpoint_async import drain_all
 from train.config import ConfigError, TrainConfig
 from train.distributed import DistInfo, init_distributed
 from train.evaluate import evaluate_on_ranks
@@ -46,6 +48,7 @@ def train(cfg: TrainConfig) -> dict:
     finally:
         # FSDP modules live in reference cycles that keep the mesh's process groups alive; collect
         # them now, not during interpreter shutdown, where a late gloo teardown aborted a worker.
+        drain_all()
         gc.collect()
         dist.destroy_process_group()
 
@@ -99,6 +102,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                "attention_pairs": result.attention_pairs, "skipped": result.skipped,
                **throughput.measure(time.perf_counter() - t0, result.tokens, result.attention_pairs,
                                     total_steps - step, result.targets)}
+        if run.checkpoint_due(step):  # before the row is logged, so that the row says what the save cost
+            row["checkpoint_blocked_s"] = round(run.save_due(model, optimizer), 4)
         log.log_step(row, total_steps, print_line=step % cfg.log.every == 0 or step in (1, total_steps))
         run.after_log(step)
 
@@ -111,10 +116,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if run.stop_agreed():  # SIGTERM/SIGINT (preemption): save where we are and leave cleanly
             run.save_stopped(model, optimizer)
             break
-        if run.checkpoint_due(step):
-            run.save(model, optimizer)
 
     # ------------------------------------------------------------ the end
+    run.finish_saves()
     if not run.stopped and cfg.checkpoint.export:
         final = ckpt.export(model, inputs.args, run.out_dir / "final", inputs.tokenizer_path,
                             EXPORT_DTYPES[cfg.checkpoint.export_dtype], info, adapter_info(cfg))

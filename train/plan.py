@@ -28,6 +28,12 @@ input copy and its normalised output; RoPE saves fp32 q and k; attention (flash 
 flex kernels) saves q, k, v, the output and a logsumexp, never the T x T scores; SwiGLU saves
 w1's and w3's outputs, silu's output and their product. docs/MEMORY.md compares the total with
 measured peaks.
+
+Host memory, beside the device total (`Plan.host_terms`, not in `total`):
+
+  checkpoint_staging     asynchronous periodic saves (checkpoint.async_save, on by default with
+                         CUDA) copy this rank's params + AdamW shards to (pinned) host memory,
+                         kept between saves for reuse (train/checkpoint_async.py)
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class Plan:
     shard: int  # ranks a parameter is sharded over
     tokens: int  # tokens per micro-batch per rank
     terms: dict[str, float] = field(default_factory=dict)  # bytes
+    host_terms: dict[str, float] = field(default_factory=dict)  # bytes of host memory per rank, not in total
     flops_per_step: float = 0.0  # model FLOPs of one optimizer step, all ranks
 
     @property
@@ -161,6 +168,9 @@ def plan(cfg: TrainConfig, args: ModelArgs, gpus: int, context_gb: float = CONTE
     t["loss"] = min(T, chunk_tokens(V)) * V * (12 + (2 * c if c < 4 else 0))
     t["slack"] = SLACK * sum(t.values())
     t["context"] = context_gb * GB
+    # The plan sizes GPUs, where async_save=auto is on; the staged copy is this rank's state shards.
+    if cfg.checkpoint.every > 0 and cfg.checkpoint.async_save is not False:
+        out.host_terms["checkpoint_staging"] = t["params"] + t["adamw"]
     # train.metrics' model FLOPs, every token in a document of the longest length (an upper bound).
     step_tokens = T * cfg.batch.grad_accum * gpus
     out.flops_per_step = model_flops(args, step_tokens, step_tokens * (cfg.data.max_len - 1))

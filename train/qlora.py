@@ -1,10 +1,10 @@
 """Loading a QLoRA model: the base quantised to NF4 one decoder layer at a time.
 
-The full model in bf16 never exists on a device: each layer is allocated, filled from rank 0's
-copy of the checkpoint (a broadcast per tensor), its adapted weights quantised to NF4, and then
-sharded by FSDP2 (NF4Tensor implements the chunking and all-gather hooks FSDP2 needs), before
-the next layer is allocated. Peak device memory while loading is the sharded NF4 model plus one
-layer in bf16.
+The full model in bf16 never exists, on a device or on the host: rank 0 reads the checkpoint
+one tensor at a time (`CheckpointReader`), each layer is allocated, filled (a broadcast per
+tensor), its adapted weights quantised to NF4, and then sharded by FSDP2 (NF4Tensor implements
+the chunking and all-gather hooks FSDP2 needs), before the next layer is allocated. Peak device
+memory while loading is the sharded NF4 model plus one layer in the compute dtype.
 """
 
 from __future__ import annotations
@@ -18,7 +18,30 @@ from train.config import ParallelConfig
 from train.distributed import DistInfo
 
 
-def _fill(module: torch.nn.Module, prefix: str, full: dict[str, torch.Tensor], info: DistInfo) -> None:
+class CheckpointReader:
+    """The tensors of a project checkpoint, read from disk when asked for (`pop`), after its
+    manifest is checked; `extra` (the fresh adapters) is served from memory."""
+
+    def __init__(self, ckpt_dir: str, extra: dict[str, torch.Tensor]):
+        from model.checkpoint import verify_dir, weight_files
+
+        verify_dir(ckpt_dir)
+        self.where = {name: f for f, names in weight_files(ckpt_dir).items() for name in names}
+        self.extra = extra
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.where or key in self.extra
+
+    def pop(self, key: str) -> torch.Tensor:
+        if key in self.extra:
+            return self.extra.pop(key)
+        from safetensors import safe_open
+
+        with safe_open(self.where.pop(key), framework="pt") as f:
+            return f.get_tensor(key)
+
+
+def _fill(module: torch.nn.Module, prefix: str, full, info: DistInfo) -> None:
     """Copy `module`'s own tensors (allocated on the device, not yet filled) from rank 0's `full`."""
     for name, p in module.named_parameters():
         key = prefix + parallel.clean_name(name)
@@ -31,10 +54,11 @@ def _fill(module: torch.nn.Module, prefix: str, full: dict[str, torch.Tensor], i
                 dist.broadcast(p.data, src=0)
 
 
-def load_quantized(model: torch.nn.Module, full: dict[str, torch.Tensor], mesh, pcfg: ParallelConfig,
-                   info: DistInfo) -> None:
-    """`model`: on the meta device, adapters applied. `full`: the base + fresh adapters on rank 0
-    ({} elsewhere). Ends as a wrapped (checkpointed, compiled, sharded) model on `info.device`."""
+def load_quantized(model: torch.nn.Module, init_from: str, adapters: dict[str, torch.Tensor], mesh,
+                   pcfg: ParallelConfig, info: DistInfo) -> None:
+    """`model`: on the meta device, adapters applied. `adapters`: fresh adapters on rank 0 ({}
+    elsewhere). Ends as a wrapped (checkpointed, compiled, sharded) model on `info.device`."""
+    full = CheckpointReader(init_from, adapters) if info.is_main else {}
     parallel.apply_activation_checkpointing(model, pcfg)
     if pcfg.compile:
         parallel.apply_compile(model)

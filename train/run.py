@@ -7,8 +7,10 @@ The loop (train/loop.py) calls a `Run` at named points and never sees these deta
     run.restore(model, opt, sched, loader) the checkpoint's state, the config's changes applied
     run.interruptible(step_batches)        a stop signal ends the step after the micro-batch in flight
     run.step_done(step, loader, result)    bookkeeping of a finished step (non-finite count, faults)
+    run.save_due(model, opt)               a periodic checkpoint of the last finished step (maybe asynchronous)
+    run.after_log(step)                    a finished background save committed; a failed save's error raised
     run.stop_agreed()                      every rank votes on a stop signal (save and leave)
-    run.save(model, opt)                   a checkpoint of the last finished step
+    run.finish_saves()                     the end: the save in flight (if any) committed
 
 Why a stop can come between micro-batches: with gradient accumulation a 7B step takes long, and
 the cluster's grace period is short (train/preempt.py). The partial gradients are dropped and
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +71,7 @@ class Run:
         self.stopped = False  # by a signal: the run ends without its export
         self.logger: MetricsLogger | None = None
         self.checkpointer: ckpt.Checkpointer | None = None
+        self.save_error: ckpt.SaveError | None = None  # a periodic save's failure, raised once its step is logged
 
     def _fresh_output_dir(self) -> None:
         """A new run never writes over an earlier one's results without being asked."""
@@ -111,8 +115,12 @@ class Run:
                                     resume_step=self.step if resumed else None)
         for key, (old, new) in changed.items():
             self.logger.message(f"resume: {key} changed from {old} to {new}, applied from step {self.step + 1}")
+        asynchronous = cfg.checkpoint.async_save
+        if asynchronous == "auto":
+            asynchronous = info.device.type == "cuda"
         self.checkpointer = ckpt.Checkpointer(self.ckpt_root, info, cfg.checkpoint.keep, cfg.checkpoint.on_error,
-                                              log=self.logger.message, saved_step=self.step if resumed else None)
+                                              log=self.logger.message, saved_step=self.step if resumed else None,
+                                              asynchronous=asynchronous and cfg.checkpoint.every > 0)
         return self.logger
 
     def _check_base(self, saved: dict | None) -> None:
@@ -155,6 +163,9 @@ class Run:
                                 f"skipped ({self.nonfinite_in_a_row} in a row, max_nonfinite={self.cfg.max_nonfinite})")
 
     def after_log(self, step: int) -> None:
+        if self.save_error is not None:
+            raise self.save_error
+        self.checkpointer.poll()  # collective: every rank reaches it after every step
         if self.nonfinite_in_a_row > self.cfg.max_nonfinite:
             raise TrainingError(f"stopping: {self.nonfinite_in_a_row} non-finite steps in a row at step {step} "
                                 f"(max_nonfinite={self.cfg.max_nonfinite}); lower optim.lr or check the data")
@@ -168,6 +179,21 @@ class Run:
         return self.cfg.checkpoint.every > 0 and step % self.cfg.checkpoint.every == 0
 
     # ---------------------------------------------------------------- saving
+    def save_due(self, model, optimizer) -> float:
+        """The periodic save of this step; returns the seconds the loop was blocked (waiting for the
+        previous background write, staging or writing). A failure that stops the run is raised by
+        `after_log`, so the step's metrics row is still written first."""
+        t0 = time.perf_counter()
+        try:
+            self.save(model, optimizer)
+        except ckpt.SaveError as e:
+            self.save_error = e
+        return time.perf_counter() - t0
+
+    def finish_saves(self) -> None:
+        """The save in flight (if any) committed: before the export, and before a run ends."""
+        self.checkpointer.finish()
+
     def save(self, model, optimizer, last: bool = False, rng: dict | None = None) -> None:
         """A checkpoint of the last finished step (its loader position, not the prefetched one)."""
         train_state = {"step": self.step, "nonfinite_in_a_row": self.nonfinite_in_a_row,
