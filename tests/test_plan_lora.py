@@ -82,6 +82,9 @@ def test_lora_7b_state_terms_by_hand():
     assert t["gathered_layers"] == pytest.approx(3 * (layer * 2 + a_layer * 2) + a_layer * 4)
     assert t["root_unsharded"] == pytest.approx((2 * 32000 * 4096 + 4096) * 2)
     assert "nf4_dequant" not in t
+    # An asynchronous save stages the adapters and their AdamW moments, not the frozen base.
+    staged = plan(_cfg("alpaca_lora_7b.yaml", "checkpoint.async_save=true"), args, gpus=1).host_terms
+    assert staged["checkpoint_staging"] == pytest.approx(A * (4 + 8))
     # Eight GPUs: everything sharded eight ways.
     p8 = plan(_cfg("alpaca_lora_7b.yaml"), args, gpus=8)
     assert p8.terms["params"] == pytest.approx((P7B * 2 + A * 4) / 8)

@@ -46,7 +46,7 @@ from model.loss import chunk_tokens
 from train.config import TrainConfig
 from train.metrics import model_flops
 from train.parallel import uses_fsdp
-from train.plan_lora import lora_activation_bytes_per_token, lora_fix, lora_state_terms
+from train.plan_lora import lora_activation_bytes_per_token, lora_fix, lora_staged_bytes, lora_state_terms
 
 GB = 1e9
 GPUS = {"a100-40": 40.0, "a100": 80.0, "a100-80": 80.0, "h100": 80.0, "h200": 141.0}
@@ -171,6 +171,8 @@ def plan(cfg: TrainConfig, args: ModelArgs, gpus: int, context_gb: float = CONTE
     # The plan sizes GPUs, where async_save=auto is on; the staged copy is this rank's state shards.
     if cfg.checkpoint.every > 0 and cfg.checkpoint.async_save is not False:
         out.host_terms["checkpoint_staging"] = t["params"] + t["adamw"]
+        if cfg.lora is not None:  # a LoRA checkpoint holds the adapters and their AdamW state only
+            out.host_terms["checkpoint_staging"] = lora_staged_bytes(cfg, args, S)
     # train.metrics' model FLOPs, every token in a document of the longest length (an upper bound).
     step_tokens = T * cfg.batch.grad_accum * gpus
     out.flops_per_step = model_flops(args, step_tokens, step_tokens * (cfg.data.max_len - 1))

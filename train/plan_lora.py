@@ -142,6 +142,12 @@ def lora_state_terms(cfg, args: ModelArgs, S: int, c: int, fsdp: bool) -> dict[s
     return t
 
 
+def lora_staged_bytes(cfg, args: ModelArgs, S: int) -> float:
+    """Host bytes an asynchronous save stages per rank: the adapters' fp32 shards and their two
+    AdamW moments (the frozen base is never in a LoRA run's checkpoint)."""
+    return adapter_params(args, cfg.lora) / S * (4 + 8)
+
+
 def lora_fix(cfg, fits_with) -> str | None:
     """After train.plan.smallest_fix's single changes (checkpointing, then a smaller micro-batch)
     fail: the two together, then NF4 for the frozen base (QLoRA: costs some accuracy and a
