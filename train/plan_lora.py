@@ -17,6 +17,7 @@ adapted linear train, so the terms of full fine-tuning change like this (per GPU
                    int64 (8 bytes per weight), looks both halves up, scales them and stacks them:
                    8 + 3 x o bytes per weight of the largest adapted matrix, alive together
   activations      `lora_activation_bytes_per_token`
+  host staging     an asynchronous checkpoint copies the adapters and their AdamW state only
 
 Why activations do not shrink much: the gradient must still reach the adapters of the first
 layers, so backward runs through every frozen layer and the norms, RoPE, attention and SwiGLU
@@ -28,9 +29,7 @@ and a frozen RMSNorm weight needs no normalised copy; the adapters add their own
 from __future__ import annotations
 
 from model.args import ModelArgs
-
-# model/lora.py's block sizes, repeated here so that planning never imports torch's model code
-NF4_BLOCK, NF4_SCALER_BLOCK = 64, 256
+from model.lora import NF4_BLOCK, NF4_SCALER_BLOCK, resolve_targets
 
 
 def nf4_bytes(numel: int, orig_bytes: int = 2, shards: int = 1) -> int:
@@ -61,8 +60,6 @@ def linear_shapes(args: ModelArgs) -> dict[str, tuple[int, int]]:
 
 
 def targets(lora) -> list[str]:
-    from model.lora import resolve_targets  # no torch work at import: the names only
-
     return resolve_targets(lora.targets)
 
 
