@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -77,3 +78,20 @@ def final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
     from model.checkpoint import load_model
 
     return load_model(out_dir / "final").state_dict()
+
+
+def assert_same_training(a: Path, b: Path, rtol: float, atol: float, weight_atol: float) -> None:
+    """Same data, same updates: rows agree to `rtol`/`atol`; weights to `weight_atol` (Adam
+    divides by sqrt(v), which turns last-bit differences of a rarely seen embedding row's
+    gradient into ~1e-6 differences of its weight; a wrong normalisation moves weights by ~lr)."""
+    ra, rb = rows(a), rows(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, 9))
+    for x, y in zip(ra, rb, strict=True):
+        assert x["tokens"] == y["tokens"] and x["targets"] == y["targets"]
+        assert x["lr"] == pytest.approx(y["lr"], rel=1e-12)
+        assert x["loss"] == pytest.approx(y["loss"], rel=rtol, abs=atol), (x, y)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=max(rtol, 1e-4), abs=atol), (x, y)
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=rtol, atol=weight_atol, msg=k)
