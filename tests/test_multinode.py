@@ -16,6 +16,7 @@ from tests.train_helpers import (
     free_port,
     run_train,
     start_agent,
+    stop_agents,
     tiny_assets,
     tiny_config,
     train_env,
@@ -50,10 +51,13 @@ def two_nodes(cfg, out, overrides: list[str]) -> str:
     port, env = free_port(), train_env()
     logs = [out.parent / f"{out.name}.node{i}.log" for i in (0, 1)]
     agents = []
-    for log in logs:
-        agents.append(start_agent(agent_cmd(cfg, out, port, nnodes=2, nproc=2, overrides=overrides), log, env))
-        time.sleep(1)  # the head's agent hosts the rendezvous store, as on a cluster
-    codes = wait_agents(agents, logs)
+    try:
+        for log in logs:
+            agents.append(start_agent(agent_cmd(cfg, out, port, nnodes=2, nproc=2, overrides=overrides), log, env))
+            time.sleep(1)  # the head's agent hosts the rendezvous store, as on a cluster
+        codes = wait_agents(agents, logs)
+    finally:
+        stop_agents(agents)  # none left waiting in the rendezvous if the other failed to start
     assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
     return logs[0].read_text()
 
