@@ -18,6 +18,7 @@ from tests.train_helpers import (
     rows,
     run_train,
     start_agent,
+    stop_agents,
     tiny_assets,
     tiny_config,
     train_env,
@@ -72,6 +73,7 @@ def test_a_sigkilled_worker_is_restarted_and_resumes_to_identical_weights(setup,
     text = log.read_text()
     assert "failed (exitcode: -9) local_rank: 1" in text  # the kill happened ...
     assert f"resumed from {out / 'checkpoints' / 'step_4'} at step 4" in text  # ... and the restart resumed
+    assert "shared rendezvous store" not in text  # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 was seen
     assert_same_as(out, uninterrupted)
 
 
@@ -84,11 +86,25 @@ def test_a_killed_node_rejoins_and_the_run_resumes_to_identical_weights(setup, u
     out = tmp / "node_killed"
     env, logs = elastic_env(tmp, "kill_node@5:r1"), [tmp / "node0.log", tmp / "node1.log", tmp / "node1_again.log"]
     cmd = agent_cmd(cfg, out, free_port(), nnodes=2, nproc=1, overrides=OVERRIDES, max_restarts=1)
-    node0 = start_agent(cmd, logs[0], env)
-    time.sleep(1)  # node 0's agent hosts the rendezvous store (the head node, as on a cluster)
-    node1 = start_agent(cmd, logs[1], env)
-    assert wait_agents([node1], logs[1:2]) == [-9]  # the node died (the agent itself was SIGKILLed)
-    again = start_agent(cmd, logs[2], env)
-    assert wait_agents([node0, again], [logs[0], logs[2]]) == [0, 0]
+    agents = [start_agent(cmd, logs[0], env)]
+    try:
+        time.sleep(1)  # node 0's agent hosts the rendezvous store (the head node, as on a cluster)
+        agents.append(start_agent(cmd, logs[1], env))
+        assert wait_agents(agents[1:], logs[1:2]) == [-9]  # the node died (its agent was SIGKILLed)
+        agents.append(start_agent(cmd, logs[2], env))
+        assert wait_agents([agents[0], agents[2]], [logs[0], logs[2]]) == [0, 0]
+    finally:
+        stop_agents(agents)  # after a failed assertion: no agent left waiting in the rendezvous
     assert f"resumed from {out / 'checkpoints' / 'step_4'} at step 4" in logs[0].read_text()
     assert_same_as(out, uninterrupted)
+
+
+def test_restarts_with_the_shared_rendezvous_store_are_warned_about():
+    """TORCHELASTIC_USE_AGENT_STORE / _MAX_RESTARTS as torchrun 2.13 sets them for its workers."""
+    from train.distributed import restart_store_warning
+
+    shared = {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "1"}
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in restart_store_warning(shared)
+    assert restart_store_warning({**shared, "TORCHELASTIC_USE_AGENT_STORE": "False"}) is None
+    assert restart_store_warning({**shared, "TORCHELASTIC_MAX_RESTARTS": "0"}) is None
+    assert restart_store_warning({}) is None  # not under torchrun
