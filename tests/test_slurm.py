@@ -1,6 +1,7 @@
 """tools/slurm/train.sbatch under a real Slurm (one host, tools/slurm/local_cluster.sh): a job
-trains to completion; a job preempted by SIGTERM saves, requeues itself, resumes and ends with
-the same rows and bit-identical weights as the uninterrupted job. Skipped, with the reason, where
+trains to completion; a job signalled as before its time limit, and one preempted by a
+higher-priority job, each save, requeue, resume and end with the same rows and bit-identical
+weights as the uninterrupted job. Skipped, with the reason, where
 Slurm cannot run here (not root, packages not installed: `.ci/run` installs them)."""
 
 from __future__ import annotations
@@ -131,24 +132,49 @@ def test_sbatch_trains_the_tiny_config_to_completion(uninterrupted):
     assert f"exported {out / 'final'}" in log.read_text()
 
 
-def test_sigterm_saves_requeues_and_the_job_resumes_to_identical_weights(slurm, uninterrupted):
-    """`scancel --signal=TERM -b` is what Slurm's `--signal=B:TERM@300` does before the time limit:
-    the batch shell's trap passes SIGTERM to torchrun, the workers save, the trap requeues."""
-    out = slurm[0] / "preempted"
+def run_preempted(slurm, uninterrupted, name: str, preempt) -> str:
+    """Submit, let it train 3 steps, `preempt(job_id)`; the job must save, be requeued once, resume
+    from that checkpoint and end like the uninterrupted job. Returns the job's output."""
+    out = slurm[0] / name
     job_id, log = submit(slurm, out)
     deadline = time.monotonic() + 180
     while steps_logged(out) < 3:  # training, not starting up: the signal must find a step to stop at
         assert time.monotonic() < deadline and job(slurm, job_id).get("JobState") in ("PENDING", "RUNNING"), \
             log.read_text()[-3000:] if log.exists() else "no output"
         time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=TERM", "-b", job_id], env=slurm[1], check=True)
+    preempt(job_id)
     info = wait_done(slurm, job_id, log)
     text = log.read_text()
     assert info["JobState"] == "COMPLETED", text[-3000:]
-    assert info["Restarts"] == "1", text[-3000:]  # requeued once, by the trap
+    assert info["Restarts"] == "1", text[-3000:]  # requeued once
     stopped = re.search(r"stopped by signal at step (\d+) \(SIGTERM\)", text)
     assert stopped and int(stopped.group(1)) < STEPS, text[-3000:]
     assert f"resumed from {out / 'checkpoints' / f'step_{stopped.group(1)}'} at step {stopped.group(1)}" in text
     assert rows(out) == rows(uninterrupted[0])
     wa, wb = final_weights(out), final_weights(uninterrupted[0])
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    return text
+
+
+def test_sigterm_to_the_batch_shell_saves_requeues_and_resumes_to_identical_weights(slurm, uninterrupted):
+    """`scancel --signal=TERM -b` is what Slurm's `--signal=B:TERM@300` does before the time limit:
+    the batch shell's trap passes SIGTERM to torchrun, the workers save, the trap requeues."""
+    text = run_preempted(slurm, uninterrupted, "signalled", lambda job_id: subprocess.run(
+        ["scancel", "--signal=TERM", "-b", job_id], env=slurm[1], check=True))
+    assert "saved; requeueing job" in text
+
+
+def test_preemption_by_a_higher_priority_job_saves_requeues_and_resumes_to_identical_weights(slurm, uninterrupted):
+    """A job in the "urgent" partition needs both CPUs: Slurm preempts (PreemptMode=REQUEUE,
+    GraceTime=60) by sending SIGTERM to the training step; the workers save, the script sees the
+    job's PreemptTime and requeues; the urgent job runs, then the training resumes."""
+    urgent = []
+
+    def preempt(job_id):
+        proc = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-c", "2", f"--output={slurm[0]}/urgent.out",
+                               "--wrap", "sleep 1"], env=slurm[1], capture_output=True, text=True, check=True)
+        urgent.append(proc.stdout.strip().split(";")[0])
+
+    text = run_preempted(slurm, uninterrupted, "preempted", preempt)
+    assert "preempted: requeueing job" in text
+    assert job(slurm, urgent[0]).get("JobState") == "COMPLETED"

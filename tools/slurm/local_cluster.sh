@@ -61,8 +61,12 @@ ReturnToService=2
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
+# Preemption as sites run it: a job in "urgent" requeues jobs of "local" after their GraceTime.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName=$HOST CPUs=$CPUS State=UNKNOWN
-PartitionName=local Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+PartitionName=local Nodes=$HOST Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=60
+PartitionName=urgent Nodes=$HOST MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 EOF
 }
 
@@ -105,8 +109,8 @@ stop() {
     # Jobs first: their processes (slurmstepd, the training) would outlive slurmd.
     if alive "$DIR/slurmctld.pid"; then
         export SLURM_CONF=$CONF PATH=$PATH:/usr/sbin
-        scancel --partition=local --full 2>/dev/null || true
-        for _ in $(seq 60); do [ -z "$(squeue -h -p local 2>/dev/null)" ] && break; sleep 0.5; done
+        scancel --partition=local,urgent --full 2>/dev/null || true
+        for _ in $(seq 60); do [ -z "$(squeue -h 2>/dev/null)" ] && break; sleep 0.5; done
     fi
     # Only the daemons started here (their pid files), never by name: other Slurms may run.
     for pidfile in "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$MUNGE_DIR/munged.pid"; do
