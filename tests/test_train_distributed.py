@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train_helpers import ROOT, check, final_weights, rows, run_train, tiny_assets, tiny_config
+from tests.train_helpers import (
+    ROOT,
+    assert_same_training,
+    check,
+    final_weights,
+    rows,
+    run_train,
+    tiny_assets,
+    tiny_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,23 +53,6 @@ def straight_w1(setup):
     out = tmp / "straight_w1"
     check(run_train(cfg, out, nproc=1))
     return out
-
-
-def assert_same_training(a: Path, b: Path, rtol: float, atol: float, weight_atol: float) -> None:
-    """Same data, same updates: rows agree to `rtol`/`atol`; weights to `weight_atol` (Adam
-    divides by sqrt(v), which turns last-bit differences of a rarely seen embedding row's
-    gradient into ~1e-6 differences of its weight; a wrong normalisation moves weights by ~lr)."""
-    ra, rb = rows(a), rows(b)
-    assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, 9))
-    for x, y in zip(ra, rb, strict=True):
-        assert x["tokens"] == y["tokens"] and x["targets"] == y["targets"]
-        assert x["lr"] == pytest.approx(y["lr"], rel=1e-12)
-        assert x["loss"] == pytest.approx(y["loss"], rel=rtol, abs=atol), (x, y)
-        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=max(rtol, 1e-4), abs=atol), (x, y)
-    wa, wb = final_weights(a), final_weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=rtol, atol=weight_atol, msg=k)
 
 
 def test_two_process_fsdp_bf16_with_activation_checkpointing_lowers_the_loss(setup):

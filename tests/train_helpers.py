@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -41,14 +46,25 @@ def tiny_config(path: Path, assets: dict[str, str], cache_dir: Path) -> Path:
     return path
 
 
-def run_train(config: Path, out_dir: Path, nproc: int = 1, overrides: list[str] = (),
-              fault: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def train_env(fault: str | None = None) -> dict[str, str]:
+    """The environment of a training process: one thread, no inherited rank or fault variables."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("TRAIN_FAULT", None)
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for k in ("TRAIN_FAULT", "TRAIN_FAULT_ONCE", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     if fault:
         env["TRAIN_FAULT"] = fault
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_train(config: Path, out_dir: Path, nproc: int = 1, overrides: list[str] = (),
+              fault: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = train_env(fault)
     args = ["--config", str(config), f"output_dir={out_dir}", *overrides]
     if nproc == 1:
         cmd = [sys.executable, "-m", "train", *args]
@@ -77,3 +93,59 @@ def final_weights(out_dir: Path) -> dict[str, torch.Tensor]:
     from model.checkpoint import load_model
 
     return load_model(out_dir / "final").state_dict()
+
+
+def assert_same_training(a: Path, b: Path, rtol: float, atol: float, weight_atol: float) -> None:
+    """Same data, same updates: rows agree to `rtol`/`atol`; weights to `weight_atol` (Adam
+    divides by sqrt(v), which turns last-bit differences of a rarely seen embedding row's
+    gradient into ~1e-6 differences of its weight; a wrong normalisation moves weights by ~lr)."""
+    ra, rb = rows(a), rows(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, 9))
+    for x, y in zip(ra, rb, strict=True):
+        assert x["tokens"] == y["tokens"] and x["targets"] == y["targets"]
+        assert x["lr"] == pytest.approx(y["lr"], rel=1e-12)
+        assert x["loss"] == pytest.approx(y["loss"], rel=rtol, abs=atol), (x, y)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=max(rtol, 1e-4), abs=atol), (x, y)
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=rtol, atol=weight_atol, msg=k)
+
+
+def agent_cmd(config: Path, out_dir: Path, port: int, nnodes: int, nproc: int, overrides: list[str] = (),
+              max_restarts: int = 0, rdzv_conf: str | None = None) -> list[str]:
+    """One torchrun agent of an `nnodes`-node job, as each node of a cluster starts it: the same
+    command everywhere, a c10d rendezvous at 127.0.0.1:`port` (the "head node")."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc}",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test",
+            f"--max-restarts={max_restarts}", *([f"--rdzv-conf={rdzv_conf}"] if rdzv_conf else []),
+            "-m", "train", "--config", str(config), f"output_dir={out_dir}", *overrides]
+
+
+def start_agent(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A process group of its own, like a node's launcher: killing it never reaches pytest."""
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_agents(agents: list[subprocess.Popen], logs: list[Path], timeout: float = 240) -> list[int]:
+    """Exit codes; on a timeout the agents are stopped and the test fails with their logs."""
+    deadline = time.monotonic() + timeout
+    try:
+        return [a.wait(timeout=max(deadline - time.monotonic(), 1)) for a in agents]
+    except subprocess.TimeoutExpired:
+        stop_agents(agents)
+        raise AssertionError("agents timed out\n" + "\n".join(log.read_text()[-3000:] for log in logs)) from None
+
+
+def stop_agents(agents: list[subprocess.Popen]) -> None:
+    """SIGTERM first: torchrun passes it on to its workers (which live in sessions of their own and
+    would outlive a SIGKILLed agent), then SIGKILL whatever is left of each agent's group."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for a in agents:
+            if a.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(a.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            for a in agents:
+                a.wait(timeout=15)

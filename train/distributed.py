@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,20 @@ def init_distributed(timeout_s: int = 1800) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=device if device.type == "cuda" else None)
+    warning = restart_store_warning(os.environ)
+    if warning and rank == 0:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     return DistInfo(rank, world, local_rank, local_world, device)
+
+
+def restart_store_warning(env) -> str | None:
+    """torchrun >= 2.5 hands its workers the rendezvous' own TCPStore with no per-attempt prefix:
+    workers it restarts read the previous attempt's addresses and fail to connect (measured with
+    torch 2.13; docs/CLUSTERS.md). Said once at start, when a restart is possible at all."""
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        return ("torchrun --max-restarts with the shared rendezvous store: restarted workers would fail "
+                "to connect; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment")
+    return None
 
 
 def _free_port() -> int:

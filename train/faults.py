@@ -16,6 +16,12 @@ TRAIN_FAULT = comma-separated `KIND@STEP` or `KIND@STEP:rRANK`, KIND one of
     enospc        the DCP writer of checkpoint STEP fails with ENOSPC after writing 1 KiB
     stall_in_save the DCP writer of checkpoint STEP writes 1 KiB, then never returns (an asynchronous
                   save kept in flight, for a `kill@LATER` to land in the middle of it)
+    kill_node     SIGKILL the whole "node" where `kill` fires: this worker's torchrun agent
+                  (its process group), the agent's other workers, then this worker
+
+TRAIN_FAULT_ONCE = a directory: each fault fires once in it. Firing first creates a marker file
+there (O_EXCL), so a run restarted by torchrun (`--max-restarts`) or requeued by Slurm with the
+same environment passes the same point again without dying again.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ import time
 from torch.distributed.checkpoint.filesystem import FileSystem
 
 ENV = "TRAIN_FAULT"
+ONCE_ENV = "TRAIN_FAULT_ONCE"
 _SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT, "term_mid": signal.SIGTERM,
-            "int_mid": signal.SIGINT, "kill_in_save": signal.SIGKILL}
+            "int_mid": signal.SIGINT, "kill_in_save": signal.SIGKILL, "kill_node": signal.SIGKILL}
 _FULL_AFTER = 1024  # bytes a rank writes before "the disk is full"
 
 
@@ -42,13 +49,52 @@ def _armed(kind: str, step: int, rank: int) -> bool:
         k, _, rest = item.strip().partition("@")
         at, _, who = rest.partition(":r")
         if k == kind and int(at) == step and (not who or int(who) == rank):
-            return True
+            return _first_time(f"{kind}@{step}:r{rank}")
     return False
 
 
+def _first_time(name: str) -> bool:
+    """True unless TRAIN_FAULT_ONCE names a directory where this fault already fired."""
+    once = os.environ.get(ONCE_ENV)
+    if not once:
+        return True
+    os.makedirs(once, exist_ok=True)
+    try:
+        os.close(os.open(os.path.join(once, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+# Faults that fire at another kind's point: the loop names only the points, not every fault.
+_SAME_POINT = {"kill": ("kill", "kill_node")}
+
+
 def fault_point(kind: str, step: int, rank: int) -> None:
-    if _armed(kind, step, rank):
-        os.kill(os.getpid(), _SIGNALS[kind])
+    for k in _SAME_POINT.get(kind, (kind,)):
+        if _armed(k, step, rank):
+            if k == "kill_node":
+                _kill_node()
+            os.kill(os.getpid(), _SIGNALS[k])
+
+
+def _kill_node() -> None:
+    """What a node failure does to torchrun: the agent goes first (so it cannot restart anything),
+    then its workers, which torchrun starts in sessions of their own (not in its process group)."""
+    agent = os.getppid()
+    try:
+        with open(f"/proc/{agent}/task/{agent}/children") as f:
+            workers = [int(pid) for pid in f.read().split()]
+    except OSError:
+        workers = []
+    if os.getpgid(agent) == agent:  # its own group (as a node's launcher is): take the group down
+        os.killpg(agent, signal.SIGKILL)
+    else:  # never the group of whoever started torchrun (a shell, pytest)
+        os.kill(agent, signal.SIGKILL)
+    for pid in workers:
+        if pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 class _FullDiskStream:
