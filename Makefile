@@ -29,12 +29,17 @@ setup: $(VENV)/.runtime
 train: $(VENV)/.runtime
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m train --config $(CONFIG) $(ARGS)
 
-# LoRA on the tiny model: four task families it never saw, exact match before and after.
+# LoRA on the tiny model: four task families it never saw, exact match before and after, and
+# after on its own ten families (configs/tiny_lora.yaml, docs/LORA.md).
 train-lora: $(VENV)/.runtime runs/tiny/final/manifest.json
 	$(PY) -m data.synthetic $(LORA_TASKS)
-	@echo "before (the base, runs/tiny/final):"
+	@echo "== before: the base (runs/tiny/final) on the new families"
 	$(PY) -m train.evaluate --ckpt runs/tiny/final --data $(LORA_TASKS)/heldout.json --show-misses 0
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m train --config configs/tiny_lora.yaml overwrite=true $(ARGS)
+	@echo "== after: base + adapters (runs/tiny_lora/final) on the new families"
+	$(PY) -m train.evaluate --ckpt runs/tiny_lora/final --data $(LORA_TASKS)/heldout.json --show-misses 0
+	@echo "== after: on the base's own families"
+	$(PY) -m train.evaluate --ckpt runs/tiny_lora/final --data runs/tiny/assets/heldout.json --show-misses 0
 
 runs/tiny/final/manifest.json:
 	$(MAKE) train
