@@ -15,7 +15,7 @@ from tests.train_helpers import ROOT
 ENTRY_POINTS = ["train", "train.evaluate", "generate", "generate.bench_dedup", "tools.bench",
                 "tools.bench_attention", "tools.bench_checkpoint", "tools.bench_generate", "tools.chat",
                 "tools.convert", "tools.data_stats", "tools.gpu_check", "tools.plan", "tools.plot",
-                "tools.train_tokenizer", "tools.eval"]
+                "tools.train_tokenizer", "tools.eval", "data.synthetic"]
 
 
 def test_the_list_is_every_module_with_a_main():

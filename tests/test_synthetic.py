@@ -151,3 +151,26 @@ def test_build_tiny_assets_writes_loadable_files_and_reuses_them(tmp_path):
     other = synthetic.build_tiny_assets(tmp_path, seed=1, n_train=600, heldout_per_family=3, vocab_size=700)
     assert json.loads(open(other["train"], encoding="utf-8").read()) == generate_train(
         600, seed=1, families=TINY_FAMILIES)
+
+
+def test_task_files_cli_writes_only_the_named_families_and_refuses_unknown_ones(tmp_path):
+    """`python -m data.synthetic` (make train-lora's data): the families asked for, held-out keys
+    only in the held-out file; an unknown family is one line and exit status 2."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.train_helpers import ROOT
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "data.synthetic", *a], cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    proc = run(str(tmp_path), "--families", "sort,spell", "--n-train", "200", "--heldout-per-family", "4")
+    assert proc.returncode == 0, proc.stderr
+    train = json.loads((tmp_path / "train.json").read_text())
+    held = json.loads((tmp_path / "heldout.json").read_text())
+    assert len(train) == 200 and {r["family"] for r in train} == {"sort", "spell"}
+    assert {r["family"] for r in held} == {"sort", "spell"} and len(held) <= 8
+    train_prompts = {(r["instruction"], r["input"]) for r in train}
+    assert not any((r["instruction"], r["input"]) in train_prompts for r in held)
+    bad = run(str(tmp_path / "x"), "--families", "sort,fly")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "fly" in bad.stderr
