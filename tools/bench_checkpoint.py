@@ -137,8 +137,8 @@ def child(ns) -> int:
 
     from data.collate import Batch
     from model.tokenizer import load_tokenizer
-    from train import checkpoint as ckpt
     from train.build import build_training, model_args
+    from train.checkpointer import Checkpointer
     from train.config import load_config
     from train.distributed import init_distributed
     from train.plan import tokens_per_micro_batch
@@ -157,7 +157,7 @@ def child(ns) -> int:
     train_step(model, optimizer, scheduler, batch, cfg.optim.grad_clip)  # warm-up; AdamW state exists
     root = Path(ns.dir) / ns.child
     shutil.rmtree(root, ignore_errors=True)
-    saver = ckpt.Checkpointer(root, info, keep=1, log=lambda _: None, asynchronous=ns.child == "async")
+    saver = Checkpointer(root, info, keep=1, log=lambda _: None, asynchronous=ns.child == "async")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now
     base_kb = _status_kb("VmRSS")
     blocked, step_s = [], []

@@ -29,6 +29,7 @@ import numpy as np
 
 from train import checkpoint as ckpt
 from train.build import base_identity
+from train.checkpointer import Checkpointer
 from train.config import ConfigError, TrainConfig, resume_changes, save_config, to_dict
 from train.distributed import DistInfo, rank
 from train.faults import fault_point
@@ -70,7 +71,7 @@ class Run:
         self.rng_at_step_start: dict | None = None
         self.stopped = False  # by a signal: the run ends without its export
         self.logger: MetricsLogger | None = None
-        self.checkpointer: ckpt.Checkpointer | None = None
+        self.checkpointer: Checkpointer | None = None
         self.save_error: ckpt.SaveError | None = None  # a periodic save's failure, raised once its step is logged
 
     def _fresh_output_dir(self) -> None:
@@ -118,7 +119,7 @@ class Run:
         asynchronous = cfg.checkpoint.async_save
         if asynchronous == "auto":
             asynchronous = info.device.type == "cuda"
-        self.checkpointer = ckpt.Checkpointer(self.ckpt_root, info, cfg.checkpoint.keep, cfg.checkpoint.on_error,
+        self.checkpointer = Checkpointer(self.ckpt_root, info, cfg.checkpoint.keep, cfg.checkpoint.on_error,
                                               log=self.logger.message, saved_step=self.step if resumed else None,
                                               asynchronous=asynchronous and cfg.checkpoint.every > 0)
         return self.logger
