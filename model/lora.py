@@ -79,7 +79,7 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def reset_adapter(self, generator: torch.Generator | None = None) -> None:
         """PEFT's init: A Kaiming-uniform (a = sqrt(5), nn.Linear's own), B zeros."""
-        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5), generator=generator)
+        _init_a(self.lora_a.weight, generator)
         nn.init.zeros_(self.lora_b.weight)
 
     def extra_repr(self) -> str:
@@ -117,13 +117,14 @@ def initial_adapters(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, m in lora_modules(model):
-        fresh = LoRALinear(nn.Linear(m.in_features, m.out_features, bias=False, device="meta"), m.rank, 1.0, 0.0)
-        fresh.lora_a.to_empty(device="cpu")
-        fresh.lora_b.to_empty(device="cpu")
-        fresh.reset_adapter(gen)
-        out[f"{name}.lora_a.weight"] = fresh.lora_a.weight.detach()
-        out[f"{name}.lora_b.weight"] = fresh.lora_b.weight.detach()
+        out[f"{name}.lora_a.weight"] = _init_a(torch.empty(m.rank, m.in_features), gen)
+        out[f"{name}.lora_b.weight"] = torch.zeros(m.out_features, m.rank)
     return out
+
+
+@torch.no_grad()
+def _init_a(a: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
 
 
 def scales(model: nn.Module, clean=lambda n: n) -> dict[str, float]:

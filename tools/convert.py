@@ -41,7 +41,7 @@ from model.checkpoint import (
     write_shards,
 )
 from model.llama import Transformer
-from model.lora import TARGETS, lora_scale
+from model.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, HF_NAMES, TARGETS, lora_scale
 from model.manifest import (
     MANIFEST_NAME,
     ManifestError,
@@ -53,7 +53,6 @@ from model.manifest import (
 from model.tokenizer import TokenizerError, load_tokenizer, vocab_mismatch
 from tools.convert_hf import (
     HF_IGNORED_RE,
-    TARGET_TO_HF,
     ConvertError,
     adapter_tensor_to_peft,
     adapter_to_peft_name,
@@ -339,13 +338,12 @@ def convert_to_hf(src: Path, dst: Path, dtype: torch.dtype | None, max_shard_byt
 
 
 # ------------------------------------------------------------------ to-peft
-ADAPTER_JSON, ADAPTER_WEIGHTS = "adapter.json", "adapter.safetensors"  # beside a LoRA run's merged weights
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 def read_adapter_meta(src: Path) -> dict:
     """adapter.json of a LoRA run's export, checked field by field (one-line errors)."""
-    path = src / ADAPTER_JSON
+    path = src / ADAPTER_CONFIG
     meta = read_json(path, "a LoRA run's export")
     if not isinstance(meta, dict):
         raise ConvertError(f"{path}: not a JSON object")
@@ -389,7 +387,7 @@ def peft_config(meta: dict, base: str | None) -> dict:
         "r": meta["rank"],
         "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
         "lora_dropout": meta["dropout"],
-        "target_modules": [TARGET_TO_HF[t] for t in meta["targets"]],
+        "target_modules": [HF_NAMES[t] for t in meta["targets"]],
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": meta["rslora"],
@@ -406,19 +404,19 @@ def peft_config(meta: dict, base: str | None) -> dict:
 def convert_to_peft(src: Path, dst: Path, dtype: torch.dtype | None, base: str | None) -> Path:
     """A LoRA run's export (merged weights + adapter.json + adapter.safetensors) -> a PEFT adapter
     directory for the `to-hf` export of the base model."""
-    if not (src / ADAPTER_JSON).is_file():
-        raise ConvertError(f"{src / ADAPTER_JSON}: not found, so {src} is not a LoRA run's export: nothing "
+    if not (src / ADAPTER_CONFIG).is_file():
+        raise ConvertError(f"{src / ADAPTER_CONFIG}: not found, so {src} is not a LoRA run's export: nothing "
                            "to export as an adapter (use to-hf for the merged model)")
     weights = src / ADAPTER_WEIGHTS
     if not weights.is_file():
-        raise ConvertError(f"{weights}: not found ({ADAPTER_JSON} is there: the export is incomplete)")
+        raise ConvertError(f"{weights}: not found ({ADAPTER_CONFIG} is there: the export is incomplete)")
     if (src / MANIFEST_NAME).is_file():
         # sizes of every file; the SHA-256 of the adapter's own files only (the merged weights are
         # not read here, and hashing 13 GB to export 20 MB would be slow)
         try:
             files = read_manifest(src)["files"]
             check_sizes(src, files)
-            check_checksums(src, files, [n for n in (ADAPTER_JSON, ADAPTER_WEIGHTS) if n in files])
+            check_checksums(src, files, [n for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if n in files])
         except ManifestError as e:
             raise ConvertError(str(e)) from None
     meta = read_adapter_meta(src)
@@ -448,7 +446,7 @@ def convert_to_peft(src: Path, dst: Path, dtype: torch.dtype | None, base: str |
             t = f.get_tensor(name)
             if tuple(t.shape) != expected[name]:
                 raise ConvertError(f"{weights}: tensor '{name}' has shape {tuple(t.shape)}, config.json and "
-                                   f"{ADAPTER_JSON} (rank {meta['rank']}) imply {expected[name]}")
+                                   f"{ADAPTER_CONFIG} (rank {meta['rank']}) imply {expected[name]}")
             t = adapter_tensor_to_peft(name, t, args)
             tensors[adapter_to_peft_name(name)] = t.to(dtype or t.dtype).contiguous()
     missing = sorted(n for n in expected if adapter_to_peft_name(n) not in tensors)

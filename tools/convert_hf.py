@@ -118,8 +118,6 @@ def tensor_from_hf(name: str, t: torch.Tensor, args: ModelArgs) -> torch.Tensor:
 # `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` (its wrapper's two prefixes,
 # no adapter name), and vLLM's loader parses exactly that form.
 PEFT_PREFIX = "base_model.model."
-TARGET_TO_HF = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
-                "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 _ADAPTER_RE = re.compile(r"layers\.(\d+)\.(attention|feed_forward)\.(w[qkvo123])\.lora_([ab])\.weight")
 
 

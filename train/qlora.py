@@ -70,11 +70,9 @@ def load_quantized(model: torch.nn.Module, init_from: str, adapters: dict[str, t
             lora.quantize_module(m, shards=mesh.size(1) if shard else 1)
         if shard:
             parallel.shard_layer(model, i, mesh, pcfg)
-    rest = [m for name, m in model.named_children() if name != "layers"]
-    for m in rest:
-        m.to_empty(device=info.device)
-    for name, m in model.named_children():
+    for name, m in model.named_children():  # the root: embeddings, final norm, output
         if name != "layers":
+            m.to_empty(device=info.device)
             _fill(m, f"{name}.", full, info)
     if shard:
         parallel.shard_root(model, mesh, pcfg)

@@ -66,6 +66,7 @@ class Run:
                                           warn=lambda line: print(line, flush=True) if info.is_main else None)
         if self.resume_from is None:
             self._fresh_output_dir()
+        self.base = base_identity(cfg)  # a LoRA run's frozen base (path, manifest hash); None otherwise
         self.step, self.nonfinite_in_a_row = 0, 0
         self.loader_state: dict = {}
         self.rng_at_step_start: dict | None = None
@@ -120,13 +121,13 @@ class Run:
         if asynchronous == "auto":
             asynchronous = info.device.type == "cuda"
         self.checkpointer = Checkpointer(self.ckpt_root, info, cfg.checkpoint.keep, cfg.checkpoint.on_error,
-                                              log=self.logger.message, saved_step=self.step if resumed else None,
-                                              asynchronous=asynchronous and cfg.checkpoint.every > 0)
+                                         log=self.logger.message, saved_step=self.step if resumed else None,
+                                         asynchronous=asynchronous and cfg.checkpoint.every > 0)
         return self.logger
 
     def _check_base(self, saved: dict | None) -> None:
         """LoRA adapters mean something only on the weights they were trained on."""
-        now = base_identity(self.cfg)
+        now = self.base
         if saved != now and (saved or now):
             def say(b):
                 return "no frozen base (full fine-tuning)" if b is None else f"{b['path']} (manifest sha256 {b['manifest_sha256']})"
@@ -200,7 +201,7 @@ class Run:
         train_state = {"step": self.step, "nonfinite_in_a_row": self.nonfinite_in_a_row,
                        "loader": self.loader_state,
                        "rng": rng or ckpt.rng_state(self.info.device), "config": to_dict(self.cfg),
-                       "base": base_identity(self.cfg)}
+                       "base": self.base}
         self.checkpointer.save(self.step, model, optimizer, train_state, last=last)
 
     def save_stopped(self, model, optimizer, interrupted: StepInterrupted | None = None) -> None:
